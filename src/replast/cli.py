@@ -1,0 +1,116 @@
+"""The `replast` command: one table mapping subcommands to typed functions (jsonargparse builds the options).
+
+    replast finetune --model mobilenetv2_100 --data br35h --epochs 5 --out runs/x
+    replast finetune --config run.yaml --print_config
+
+Options accept dashes or underscores (`--reinit.lr-scale` = `--reinit.lr_scale`). Any ReplastError or
+parse error becomes one line on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+from replast import commands
+from replast.config import FinetuneConfig
+from replast.errors import ReplastError
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+COMMANDS: dict[str, dict[str, Any]] = {
+    "models": {"help": "List the model zoo (offline pretrained weights).", "fn": commands.models},
+    "datasets": {"help": "List the shipped datasets.", "fn": commands.datasets},
+    "finetune": {"help": "Fine-tune one model, optionally after re-initialization.", "fn": commands.finetune,
+                 "config": FinetuneConfig},
+    "diagnose": {"help": "Measure plasticity per layer on your data.", "fn": commands.diagnose},
+    "reinit": {"help": "Write a re-initialized model for any training script.", "fn": commands.reinit},
+    # `sweep --config` names the study file itself, so it takes no generic config file.
+    "sweep": {"help": "Run (or resume) a study of many runs.", "fn": commands.sweep, "config_file": False},
+    "report": {"help": "Write report.md and report.html for a study.", "fn": commands.report},
+    "bench": {"help": "Training throughput against a plain DataLoader loop.", "fn": commands.bench},
+    "demo": {"help": "The embedded default job: MobileNetV2 on Br35H, strategies compared.", "fn": commands.demo},
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="replast", description=__doc__.splitlines()[0], exit_on_error=False)
+    subcommands = parser.add_subcommands(dest="command")
+    for name, entry in COMMANDS.items():
+        sub = ArgumentParser(description=entry["help"], exit_on_error=False)
+        if entry.get("config_file", True):
+            sub.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
+        if "config" in entry:
+            sub.add_class_arguments(entry["config"], nested_key=None)
+        else:
+            sub.add_function_arguments(entry["fn"])
+        subcommands.add_subcommand(name, sub, help=entry["help"])
+    return parser
+
+
+def normalize_option_names(argv: Sequence[str]) -> list[str]:
+    """`--reinit.lr-scale=3` → `--reinit.lr_scale=3`; values are left alone."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + sep + value
+        out.append(token)
+    return out
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(normalize_option_names(argv))
+    name = ns.command
+    entry = COMMANDS[name]
+    args = ns[name].as_dict()
+    if entry.get("config_file", True):
+        args.pop("config", None)
+    if "config" in entry:
+        result = entry["fn"](_to_config(entry["config"], args))
+    else:
+        result = entry["fn"](**args)
+    return int(result) if isinstance(result, int) else 0
+
+
+def _to_config(cls: type, args: dict[str, Any]) -> Any:
+    return cls.from_dict(args) if hasattr(cls, "from_dict") else cls(**args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return run(argv)
+    except (ReplastError, _ParseError) as e:
+        if debug:
+            raise
+        print(f"replast: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("replast: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, _ParseError):
+        text += " (see --help)"
+    return text
+
+
+def _parse_error_types() -> tuple[type[BaseException], ...]:
+    import argparse
+
+    from jsonargparse import ArgumentError as JsonArgumentError
+
+    return (argparse.ArgumentError, JsonArgumentError)
+
+
+_ParseError = _parse_error_types()
+

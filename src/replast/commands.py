@@ -1,0 +1,175 @@
+"""The functions behind each CLI subcommand: typed arguments in, library calls, a printed summary out.
+
+Their signatures and docstrings are the CLI (see cli.py); heavy imports happen inside, so `--help` is quick.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rich.console import Console
+from rich.table import Table
+
+from replast.config import FinetuneConfig, ReinitConfig
+
+console = Console(stderr=False)
+
+
+def _table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for column in rows[0] if rows else []:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    return table
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def models() -> int:
+    """List the model zoo: names with shipped offline weights (any timm/torchvision name also works)."""
+    from replast.models import list_models
+
+    console.print(_table("replast model zoo", list_models()))
+    return 0
+
+
+def datasets() -> int:
+    """List the shipped datasets (and the imagefolder:PATH form for your own data)."""
+    from replast.data import list_datasets
+
+    console.print(_table("replast datasets", list_datasets()))
+    return 0
+
+
+def finetune(cfg: FinetuneConfig) -> int:
+    """Fine-tune one run; exit 0 when finished, 1 when it stopped (interrupted or non-finite)."""
+    from replast.pipeline import finetune as run
+
+    record = run(cfg)
+    if "status" in record:
+        console.print(f"run stopped: {record['status']} at step {record['step']} ({cfg.out})")
+        return 1
+    console.print(f"finished {cfg.out}: test acc {record['test_acc']:.4f}, balanced {record['test_balanced_acc']:.4f}, "
+                  f"best val {record['best_val_acc']:.4f} (epoch {record['best_epoch']}), "
+                  f"{record['wall_time_s']:.1f} s")
+    return 0
+
+
+def diagnose(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "runs/diagnose",
+             weights: str = "pretrained", batches: int = 8, batch_size: int = 32, image_size: int | None = None,
+             max_samples: int | None = None, compare: bool = False, seed: int = 0) -> int:
+    """Per-layer plasticity (dormant units, small gradients, feature rank) on the data, with PNG plots.
+
+    Args:
+        model: Model name (see `replast models`).
+        data: Dataset name or imagefolder:PATH.
+        out: Output directory for diagnosis.json/csv and plots.
+        weights: pretrained, none, or a weight file.
+        batches: Training batches to measure on.
+        batch_size: Images per batch.
+        image_size: Input side in pixels (None = the model's native size).
+        max_samples: Cap on the dataset size (None = all).
+        compare: Also diagnose natural photos (an ImageNet-like reference) side by side.
+        seed: Seed of the split and batch order.
+    """
+    from replast.diagnose_cmd import run_diagnose
+
+    return run_diagnose(model=model, data=data, out=out, weights=weights, batches=batches, batch_size=batch_size,
+                        image_size=image_size, max_samples=max_samples, compare=compare, seed=seed, console=console)
+
+
+def reinit(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "reinit.safetensors",
+           weights: str = "pretrained", batch_size: int = 32, image_size: int | None = None,
+           max_samples: int | None = None, seed: int = 0, overwrite: bool = False,
+           reinit: ReinitConfig = ReinitConfig(strategy="targeted")) -> int:  # noqa: B008
+    """Re-initialize a model on your data and save it as safetensors for use in any training script.
+
+    Args:
+        model: Model name (see `replast models`).
+        data: Dataset name or imagefolder:PATH (utilities are computed on its training split).
+        out: Output .safetensors file (a .json report is written beside it).
+        weights: pretrained, none, or a weight file.
+        batch_size: Images per utility batch.
+        image_size: Input side in pixels (None = the model's native size).
+        max_samples: Cap on the dataset size (None = all).
+        seed: Seeds the split, the batches and the re-initialization.
+        overwrite: Replace an existing output file.
+        reinit: What to re-initialize and how.
+    """
+    from replast.export import export_reinitialized
+
+    return export_reinitialized(model=model, data=data, out=out, weights=weights, batch_size=batch_size,
+                                image_size=image_size, max_samples=max_samples, seed=seed, overwrite=overwrite,
+                                reinit=reinit, console=console)
+
+
+def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm"] = "local", jobs: int = 1,
+          force: bool = False, collect: bool = False, partition: str | None = None, time_min: int = 60,
+          gpus_per_node: int = 1, cpus_per_task: int = 8) -> int:
+    """Run every run of a study (skipping finished ones), then collect results.csv and curves.csv.
+
+    Args:
+        config: Study YAML file (or the name of a shipped study: demo, smoke, paper).
+        out: Output directory (default: the study's `out`).
+        launcher: local (subprocesses on this machine) or slurm (submitit job array).
+        jobs: Runs at once with the local launcher (one GPU each when several exist).
+        force: Use an OUT directory that holds another study.
+        collect: Only rebuild results.csv and curves.csv from the run directories.
+        partition: SLURM partition.
+        time_min: SLURM time limit per run, in minutes.
+        gpus_per_node: SLURM GPUs per run.
+        cpus_per_task: SLURM CPUs per run.
+    """
+    from replast.experiment import sweep as run_sweep
+
+    summary = run_sweep(config, out=out, launcher=launcher, jobs=jobs, force=force, collect_only=collect,
+                        slurm={"partition": partition, "time_min": time_min, "gpus_per_node": gpus_per_node,
+                               "cpus_per_task": cpus_per_task})
+    console.print(str(summary))
+    return 0
+
+
+def report(out: str) -> int:
+    """Write report.md and a self-contained report.html for a study's OUT directory.
+
+    Args:
+        out: The study's output directory (holding runs/ and results.csv).
+    """
+    from replast.report import render
+
+    for path in render(out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def bench(models: list[str] | None = None, sizes: list[int] | None = None, batch_size: int = 64,
+          steps: int = 20, out: str | None = None) -> int:
+    """Training images/s of replast against a plain DataLoader loop and a synthetic on-device upper bound.
+
+    Args:
+        models: Models to measure (default: mobilenetv2_100, efficientnet_lite0).
+        sizes: Image sides in pixels (default: 128 on CPU; 128 and 224 on GPU).
+        batch_size: Images per step.
+        steps: Timed steps per measurement (after warm-up).
+        out: JSON output (default: benchmarks/results/throughput_<device>.json).
+    """
+    from replast.bench import run_throughput
+
+    return run_throughput(models=models, sizes=sizes, batch_size=batch_size, steps=steps, out=out, console=console)
+
+
+def demo(out: str = "runs/demo", jobs: int = 1) -> int:
+    """The embedded default job: MobileNetV2 (ImageNet weights) on a Br35H subset, strategies side by side.
+
+    Args:
+        out: Output directory of the demo study.
+        jobs: Runs at once.
+    """
+    from replast.demo import run_demo
+
+    return run_demo(out=out, jobs=jobs, console=console)

@@ -1,0 +1,179 @@
+"""One job end to end: load model and data, optionally re-initialize, fine-tune, test, write the run directory.
+
+    replast finetune --model mobilenetv2_100 --data br35h --epochs 5 --reinit.strategy targeted --out runs/x
+
+`finetune(cfg)` is what the CLI, the demo and every sweep run call; its files are listed in docs/CONTRACTS.md.
+Nothing is written until the model and the data have loaded, so bad input never leaves a run directory
+that looks like a run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from torch import nn
+
+from replast import runfiles
+from replast.checkpoint import write_json
+from replast.config import FinetuneConfig
+from replast.data import load_dataset
+from replast.models import classifier_name, load_model, model_family, replace_head
+from replast.optim import build_optimizer, build_scheduler, resolve
+from replast.progress import epoch_progress
+from replast.train import Trainer, evaluate, setup_fabric
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run one fine-tuning job as configured; returns the final record (also written to final.json)."""
+    cfg.validate()
+    started = time.perf_counter()
+    fabric = setup_fabric(cfg)
+    fabric.launch()
+    fabric.seed_everything(cfg.seed, verbose=False)
+    run_dir = Path(cfg.out)
+    if fabric.is_global_zero:
+        runfiles.prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume)
+    model, data = _load_model_and_data(cfg, fabric)
+    family = model_family(model)
+    if fabric.is_global_zero:
+        runfiles.write_config(run_dir, cfg.to_dict())
+        write_json(run_dir / "splits.json", data.record())
+        runfiles.write_status(run_dir, "running")
+    loaders = _loaders(cfg, data, fabric)
+    if cfg.train.mode == "linear-probe":
+        _freeze_backbone(model)
+    reinit = _reinitialize(cfg, model, data, fabric, run_dir)
+    if family == "cnn" and cfg.train.channels_last and fabric.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    trainer = _make_trainer(cfg, fabric, model, family, data.num_classes, len(loaders["train"]), run_dir, reinit)
+    last = run_dir / "checkpoints" / "last.pt"
+    if cfg.resume and last.exists():
+        trainer.resume(last)
+    with epoch_progress(cfg.epochs, len(loaders["train"]), enabled=fabric.is_global_zero) as progress:
+        result = trainer.fit(loaders["train"], loaders["val"], progress)
+    if result.stopped is not None:
+        return _stopped(fabric, run_dir, result)
+    test = evaluate(fabric, trainer.model, loaders["test"], data.num_classes)
+    final = _final_record(cfg, trainer, test, reinit, time.perf_counter() - started)
+    if fabric.is_global_zero:
+        write_json(run_dir / "final.json", final)
+        runfiles.write_status(run_dir, runfiles.FINISHED)
+    return final
+
+
+def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
+    # The head size comes from the data and the normalization from the model: build with a provisional
+    # head, then swap it once the dataset says how many classes there are.
+    model, preprocessing = load_model(cfg.model, num_classes=2, weights=cfg.weights, drop_path=cfg.train.drop_path)
+    data = load_dataset(
+        cfg.data, preprocessing, image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction, train_fraction=cfg.train_fraction, max_samples=cfg.max_samples,
+        max_bad_fraction=cfg.max_bad_fraction, device=fabric.device,
+    )
+    if data.num_classes != 2:
+        replace_head(model, data.num_classes)
+    return model.to(fabric.device), data
+
+
+def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
+    eval_bs = cfg.train.eval_batch_size or 2 * cfg.batch_size
+    ranks = {"rank": fabric.global_rank, "world_size": fabric.world_size}
+    return {
+        "train": data.loader("train", cfg.batch_size, train=cfg.train.augment, seed=cfg.seed, **ranks),
+        "val": data.loader("val", eval_bs, train=False, seed=cfg.seed, **ranks),
+        "test": data.loader("test", eval_bs, train=False, seed=cfg.seed, **ranks),
+    }
+
+
+def _freeze_backbone(model: nn.Module) -> None:
+    head = classifier_name(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name == head or name.startswith(head + "."))
+
+
+def _reinitialize(cfg: FinetuneConfig, model: nn.Module, data, fabric: Fabric, run_dir: Path):
+    """Apply the configured strategy before training (also on resume, to rebuild identical masks)."""
+    if cfg.reinit.strategy == "none":
+        return None
+    from replast.reinit import restore_plasticity
+
+    options = asdict(cfg.reinit)
+    batches = _utility_batches(cfg, data, fabric)
+    if cfg.reinit.scope == "auto":
+        options["scope"] = _auto_scope(cfg, model, data, batches, run_dir, fabric)
+    report = restore_plasticity(model, batches, seed=cfg.seed, **options)
+    if fabric.is_global_zero:
+        write_json(run_dir / "reinit_report.json", report.to_dict())
+    return report
+
+
+def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
+    loader = data.loader("train", cfg.batch_size, train=False, seed=cfg.seed,
+                         rank=fabric.global_rank, world_size=fabric.world_size)
+    loader.set_epoch(0)
+    return list(itertools.islice(iter(loader), cfg.reinit.batches))
+
+
+def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches, run_dir: Path, fabric: Fabric):
+    from replast.autoscope import choose_layers
+    from replast.reference import reference_batches
+
+    reference = reference_batches(data.preprocessing, data.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    scope = choose_layers(model, batches, reference)
+    if fabric.is_global_zero:
+        write_json(run_dir / "autoscope.json", {"fractions": scope.fractions, "reason": scope.reason})
+    return scope.fractions
+
+
+def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_dir, reinit) -> Trainer:
+    settings = resolve(cfg.train, family, cfg.batch_size * fabric.world_size)
+    optimizer = build_optimizer(model, cfg.train, settings, fused=fabric.device.type == "cuda")
+    scheduler = build_scheduler(optimizer, cfg.epochs * steps_per_epoch,
+                                round(cfg.train.warmup_epochs * steps_per_epoch))
+    if cfg.train.compile:
+        model = torch.compile(model)
+    model, optimizer = fabric.setup(model, optimizer)
+    trainer = Trainer(fabric, model, optimizer, scheduler, cfg, run_dir, num_classes)
+    trainer.settings = settings
+    if reinit is not None:
+        from replast.reinit.hooks import attach
+
+        attach(trainer, reinit)
+    if cfg.train.track_plasticity:
+        from replast.tracking import attach_tracker
+
+        attach_tracker(trainer)
+    return trainer
+
+
+def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wall: float) -> dict[str, Any]:
+    history = trainer.state.history
+    epoch_times = [row["epoch_time_s"] for row in history]
+    return {
+        **{f"test_{k}": v for k, v in test.items()},
+        "best_val_acc": trainer.state.best_val_acc,
+        "best_epoch": trainer.state.best_epoch,
+        "final_val_acc": history[-1]["val_acc"] if history else float("nan"),
+        "epochs": trainer.state.epoch,
+        "steps": trainer.state.step,
+        "wall_time_s": wall,
+        "epoch_time_s": sum(epoch_times) / max(len(epoch_times), 1),
+        "reinit_time_s": reinit.total_time_s if reinit is not None else 0.0,
+        "optimizer": asdict(trainer.settings),
+        "device": str(trainer.fabric.device),
+        "world_size": trainer.fabric.world_size,
+    }
+
+
+def _stopped(fabric: Fabric, run_dir: Path, result) -> dict[str, Any]:
+    status = "failed:nonfinite" if result.stopped == "nonfinite" else result.stopped
+    record = {"status": status, "step": result.nonfinite_step or result.state.step, "epoch": result.state.epoch}
+    if fabric.is_global_zero:
+        runfiles.write_status(run_dir, status, **{k: v for k, v in record.items() if k != "status"})
+    return record

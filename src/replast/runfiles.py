@@ -1,0 +1,94 @@
+"""The files of one run directory: config.yaml, status.json, metrics.csv, final.json (see docs/CONTRACTS.md).
+
+Every file is rewritten atomically, so a crash never leaves a half-written table, and a run counts as
+finished only when status.json says so, which is written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from replast.checkpoint import write_json, write_text
+from replast.errors import OutputError
+
+FINISHED = "finished"
+
+
+def read_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's status record, None if it has none; a damaged file reads as status 'damaged'."""
+    path = Path(run_dir) / "status.json"
+    if not path.exists():
+        return None
+    try:
+        status = json.loads(path.read_text())
+        if not isinstance(status, dict) or "status" not in status:
+            raise ValueError("no status field")
+        return status
+    except (ValueError, OSError) as e:
+        return {"status": "damaged", "reason": f"unreadable status.json ({e})"}
+
+
+def write_status(run_dir: str | os.PathLike, status: str, **extra: Any) -> None:
+    record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    write_json(Path(run_dir) / "status.json", record)
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, *, overwrite: bool, resume: bool) -> Path:
+    """Check that `run_dir` can take this run; refuse to clobber a finished run unless asked."""
+    path = Path(run_dir)
+    status = read_status(path)
+    if status and status["status"] == FINISHED and not overwrite:
+        raise OutputError(f"{path} already holds a finished run; choose another --out or pass --overwrite")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {path} is a file; choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"--out {path} is not writable ({e.strerror}); choose another directory") from e
+    if overwrite and not resume:
+        for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json"):
+            (path / name).unlink(missing_ok=True)
+    return path
+
+
+def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Rewrite a CSV from all rows (union of their keys, first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

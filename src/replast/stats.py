@@ -1,0 +1,169 @@
+"""Statistics for comparing fine-tuning strategies across seeds: pure functions, no I/O.
+
+`mean_ci` (percentile bootstrap), `paired_comparison` (seed-paired difference with bootstrap CI and a
+p-value: paired t-test for n < 6 differences, Wilcoxon signed-rank for n >= 6), `holm` (step-down
+correction), `epochs_to_target` and `auc` on learning curves, `baseline_targets` on result tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+WILCOXON_MIN_N = 6
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Difference a - b over pairs; `test` names how `p_value` was obtained."""
+
+    mean_diff: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    test: str
+
+
+def _clean(values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+def _bootstrap_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    return x[idx].mean(axis=1)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> MeanCI:
+    """Mean and percentile-bootstrap CI of finite `values`; n=1 gives [x, x], n=0 gives NaNs."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    x = _clean(values)
+    if len(x) == 0:
+        return MeanCI(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if len(x) == 1 or np.all(x == x[0]):
+        return MeanCI(mean, mean, mean, len(x))
+    boots = _bootstrap_means(x, n_boot, seed)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return MeanCI(mean, float(low), float(high), len(x))
+
+
+def _pairs(a: Sequence[float] | Mapping, b: Sequence[float] | Mapping) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        keys = sorted(set(a) & set(b), key=str)
+        a, b = [a[k] for k in keys], [b[k] for k in keys]
+    elif isinstance(a, Mapping) or isinstance(b, Mapping):
+        raise TypeError("pass both a and b as {seed: value} mappings, or both as aligned sequences")
+    xa, xb = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if len(xa) != len(xb):
+        raise ValueError(f"paired samples differ in length: {len(xa)} vs {len(xb)}")
+    keep = np.isfinite(xa) & np.isfinite(xb)
+    return xa[keep], xb[keep]
+
+
+def _p_value(diff: np.ndarray) -> tuple[float, str]:
+    n = len(diff)
+    if n < 2:
+        return math.nan, "none (n<2)"
+    if np.all(diff == 0):
+        return 1.0, "degenerate (all differences 0)"
+    if n >= WILCOXON_MIN_N:
+        return float(sps.wilcoxon(diff, alternative="two-sided").pvalue), "wilcoxon signed-rank"
+    if np.all(diff == diff[0]):
+        # Zero variance with a non-zero mean: the t statistic is infinite.
+        return 0.0, "paired t (zero variance)"
+    return float(sps.ttest_1samp(diff, 0.0).pvalue), "paired t"
+
+
+def paired_comparison(
+    a: Sequence[float] | Mapping,
+    b: Sequence[float] | Mapping,
+    level: float = 0.95,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> Paired:
+    """Compare a to b paired by seed: mappings pair on common keys, sequences pair by position."""
+    xa, xb = _pairs(a, b)
+    diff = xa - xb
+    ci = mean_ci(diff, level=level, n_boot=n_boot, seed=seed)
+    p, test = _p_value(diff)
+    return Paired(ci.mean, ci.low, ci.high, p, ci.n, test)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values in input order; NaNs stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = len(valid)
+    order = valid[np.argsort(p[valid], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def epochs_to_target(curve: Sequence[float], target: float) -> float:
+    """Number of epochs (1-based position in `curve`) until the curve first reaches `target`; NaN if never."""
+    if not math.isfinite(target):
+        return math.nan
+    for i, value in enumerate(np.asarray(curve, dtype=float)):
+        if value >= target - 1e-12:  # tolerate float noise when a run hits the target exactly
+            return float(i + 1)
+    return math.nan
+
+
+def auc(curve: Sequence[float]) -> float:
+    """Trapezoidal area under the curve over an x axis rescaled to [0, 1]: the curve's average level."""
+    y = _clean(curve)
+    if len(y) == 0:
+        return math.nan
+    if len(y) == 1:
+        return float(y[0])
+    return float(((y[1:] + y[:-1]) / 2).mean())
+
+
+def baseline_targets(
+    results: pd.DataFrame, curves: pd.DataFrame, group_cols: Sequence[str], is_baseline: pd.Series,
+    metric: str = "val_acc", fractions: Sequence[float] = (0.95, 1.0),
+) -> pd.DataFrame:
+    """Per run: epochs until `metric` reaches f x the mean final `metric` of the baseline runs in its group.
+
+    Returns a frame indexed like `results` with columns `epochs_to_95`, `epochs_to_100` (for the default
+    fractions); NaN where the group has no finished baseline or the run never gets there.
+    """
+    cols = [f"epochs_to_{round(f * 100)}" for f in fractions]
+    out = pd.DataFrame(math.nan, index=results.index, columns=cols)
+    if curves.empty or metric not in curves.columns:
+        return out
+    ordered = curves.sort_values(["hash", "epoch"])
+    per_run = {h: g[metric].to_numpy(dtype=float) for h, g in ordered.groupby("hash", sort=False)}
+    finals = pd.Series({h: c[-1] for h, c in per_run.items() if len(c)}, dtype=float)
+    keys = results[list(group_cols)].astype(str).agg("|".join, axis=1) if group_cols else pd.Series("", results.index)
+    base_final = results.loc[is_baseline, "hash"].map(finals).groupby(keys[is_baseline]).mean()
+    for idx, run_hash in results["hash"].items():
+        target = base_final.get(keys[idx], math.nan)
+        curve = per_run.get(run_hash)
+        if curve is None:
+            continue
+        for col, f in zip(cols, fractions, strict=True):
+            out.at[idx, col] = epochs_to_target(curve, f * target)
+    return out

@@ -1,0 +1,298 @@
+"""The fine-tuning loop on Lightning Fabric: `setup_fabric` decides device and precision, `fit` trains.
+
+One epoch = one pass of the device-resident training loader; evaluation every epoch with torchmetrics
+(synced across ranks); per-epoch rows in metrics.csv, TensorBoard scalars, and a `last`/`best` checkpoint
+written atomically by rank 0. SIGTERM/SIGINT save the exact data position and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from replast import runfiles
+from replast.checkpoint import load_checkpoint, save_checkpoint
+from replast.config import FinetuneConfig
+from replast.errors import ConfigError, NonFiniteError
+
+LOG_EVERY = 25
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def setup_fabric(cfg: FinetuneConfig) -> Fabric:
+    """The only place that decides device, precision and distribution."""
+    accelerator = cfg.accelerator
+    if accelerator in ("cuda", "gpu") and cfg.devices > torch.cuda.device_count():
+        raise ConfigError(f"--devices {cfg.devices} asks for more GPUs than exist "
+                          f"({torch.cuda.device_count()} visible); lower --devices or use --accelerator cpu")
+    if accelerator == "auto" and torch.cuda.is_available() and cfg.devices > torch.cuda.device_count():
+        raise ConfigError(f"--devices {cfg.devices} asks for more GPUs than exist ({torch.cuda.device_count()})")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                  strategy=cfg.strategy, precision=resolve_precision(cfg.train.precision, accelerator))
+
+
+def make_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    })
+
+
+@torch.inference_mode()
+def evaluate(fabric: Fabric, model: nn.Module, loader, num_classes: int) -> dict[str, float]:
+    """Loss and top-1 / balanced accuracy / macro-F1 over a whole split, reduced across ranks."""
+    was_training = model.training
+    model.eval()
+    metrics = make_metrics(num_classes).to(fabric.device)
+    loss_sum = torch.zeros((), device=fabric.device)
+    count = torch.zeros((), device=fabric.device)
+    for x, y in loader:
+        with fabric.autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        count += y.numel()
+        metrics.update(logits.float(), y)
+    loss_sum, count = fabric.all_reduce(loss_sum, reduce_op="sum"), fabric.all_reduce(count, reduce_op="sum")
+    result = {k: float(v) for k, v in metrics.compute().items()}
+    result["loss"] = float(loss_sum / count.clamp_min(1))
+    model.train(was_training)
+    return result
+
+
+def set_train_mode(model: nn.Module, linear_probe: bool) -> None:
+    """Linear probing keeps the frozen backbone in eval mode, so its BatchNorm statistics stay put."""
+    model.train()
+    if linear_probe:
+        for module in model.modules():
+            if not any(p.requires_grad for p in module.parameters(recurse=False)) and not isinstance(
+                    module, nn.Sequential):
+                module.eval()
+
+
+class StopRequested:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so it can checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: signals stay with the caller
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+@dataclass
+class TrainState:
+    """Everything that a resume needs besides model and optimizer: counters, best score, history."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    step: int = 0
+    position: int = 0
+    """Batches of the current epoch already consumed (non-zero only for a mid-epoch checkpoint)."""
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "position": self.position,
+                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch}
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    stopped: str | None = None
+    """None when all epochs ran; 'interrupted' or 'nonfinite' otherwise."""
+    nonfinite_step: int | None = None
+
+
+@dataclass
+class Trainer:
+    """Holds what one fit needs; `fit()` runs the epochs. Hooks let the pipeline add re-init schedules."""
+
+    fabric: Fabric
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    cfg: FinetuneConfig
+    run_dir: Path
+    num_classes: int
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    optimizer_step: Callable[[], None] | None = None
+    tracker: Callable[[nn.Module], dict[str, float]] | None = None
+    state: TrainState = field(default_factory=TrainState)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "train_state": self.state.to_dict(),
+            "history": [dict(r) for r in self.state.history],
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self, name: str) -> None:
+        if self.fabric.is_global_zero:
+            save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.checkpoint_state())
+        self.fabric.barrier()
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        try:
+            _unwrap(self.model).load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ConfigError(f"checkpoint {path} does not match this model or optimizer "
+                              f"({str(e).splitlines()[0][:160]}); start without --resume") from e
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        ts = ckpt["train_state"]
+        self.state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]),
+                                float(ts["best_val_acc"]), int(ts["best_epoch"]), list(ckpt.get("history", [])))
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if "rng_cuda" in ckpt and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader, progress=None) -> FitResult:
+        stop = StopRequested()
+        with stop.installed():
+            while self.state.epoch < self.cfg.epochs:
+                outcome = self._train_epoch(train_loader, stop, progress)
+                if outcome is not None:
+                    return outcome
+                self._end_epoch(val_loader)
+        return FitResult(self.state)
+
+    def _train_epoch(self, loader, stop: StopRequested, progress) -> FitResult | None:
+        cfg, state = self.cfg, self.state
+        set_train_mode(self.model, cfg.train.mode == "linear-probe")
+        loader.set_epoch(state.epoch)
+        if state.position:
+            loader.skip(state.position)
+        loss_sum = torch.zeros((), device=self.fabric.device)
+        correct = torch.zeros((), device=self.fabric.device)
+        seen = 0
+        started = time.perf_counter()
+        for x, y in loader:
+            loss, logits = self._step(x, y)
+            if loss is None:
+                return FitResult(state, "nonfinite", state.step)
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            state.step += 1
+            state.position += 1
+            for hook in self.step_hooks:
+                hook(state.step)
+            if state.step % LOG_EVERY == 0 and cfg.train.on_nonfinite != "skip" and not torch.isfinite(loss_sum):
+                return self._nonfinite(state.step)
+            if progress is not None:
+                progress(state)
+            if stop:
+                if not torch.isfinite(loss_sum):
+                    return self._nonfinite(state.step)
+                self.save("last")
+                return FitResult(state, "interrupted")
+        if not torch.isfinite(loss_sum):
+            return self._nonfinite(state.step)
+        self._epoch_train_metrics = {"train_loss": float(loss_sum / max(seen, 1)),
+                                     "train_acc": float(correct / max(seen, 1)),
+                                     "epoch_time_s": time.perf_counter() - started}
+        return None
+
+    def _nonfinite(self, step: int) -> FitResult:
+        if self.cfg.train.on_nonfinite == "raise":
+            raise NonFiniteError(f"loss became NaN/Inf at step {step}; lower the learning rate "
+                                 f"or use --train.on_nonfinite skip")
+        return FitResult(self.state, "nonfinite", step)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor):
+        with self.fabric.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
+        if self.cfg.train.on_nonfinite == "skip" and not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.new_zeros(()), logits
+        self.fabric.backward(loss)
+        if self.optimizer_step is not None:
+            self.optimizer_step()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step_update(self.state.step + 1)
+        return loss, logits
+
+    def _end_epoch(self, val_loader) -> None:
+        state = self.state
+        state.epoch += 1
+        state.position = 0
+        val = evaluate(self.fabric, self.model, val_loader, self.num_classes)
+        row = {"epoch": state.epoch, "step": state.step, "lr": _lr(self.optimizer),
+               **self._epoch_train_metrics, **{f"val_{k}": v for k, v in val.items()}}
+        if self.tracker is not None:
+            row.update({f"plasticity_{k}": v for k, v in self.tracker(self.model).items()})
+        state.history.append(row)
+        if val["acc"] > state.best_val_acc:
+            state.best_val_acc, state.best_epoch = val["acc"], state.epoch
+            self.save("best")
+        self.save("last")
+        if self.fabric.is_global_zero:
+            runfiles.write_rows(self.run_dir / "metrics.csv", state.history)
+        self.fabric.log_dict({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=state.step)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+def _lr(optimizer) -> float:
+    return max(g["lr"] for g in optimizer.param_groups)
+
