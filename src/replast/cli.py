@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
 
 from replast import commands
 from replast.config import FinetuneConfig
@@ -27,7 +27,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "finetune": {"help": "Fine-tune one model, optionally after re-initialization.", "fn": commands.finetune,
                  "config": FinetuneConfig},
     "diagnose": {"help": "Measure plasticity per layer on your data.", "fn": commands.diagnose},
-    "reinit": {"help": "Write a re-initialized model for any training script.", "fn": commands.reinit},
+    "reinit": {"help": "Write a re-initialized model for any training script.", "fn": commands.reinit_model},
     # `sweep --config` names the study file itself, so it takes no generic config file.
     "sweep": {"help": "Run (or resume) a study of many runs.", "fn": commands.sweep, "config_file": False},
     "report": {"help": "Write report.md and report.html for a study.", "fn": commands.report},
@@ -64,7 +64,10 @@ def normalize_option_names(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
-    ns = parser.parse_args(normalize_option_names(argv))
+    try:
+        ns = parser.parse_args(normalize_option_names(argv))
+    except SystemExit as done:  # --help and --print_config end here
+        return done.code if isinstance(done.code, int) else 0
     name = ns.command
     entry = COMMANDS[name]
     args = ns[name].as_dict()
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         return run(argv)
-    except (ReplastError, _ParseError) as e:
+    except (ReplastError, ArgumentError) as e:
         if debug:
             raise
         print(f"replast: error: {_one_line(e)}", file=sys.stderr)
@@ -99,18 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
-    if isinstance(error, _ParseError):
+    if isinstance(error, ArgumentError):
         text += " (see --help)"
     return text
 
-
-def _parse_error_types() -> tuple[type[BaseException], ...]:
-    import argparse
-
-    from jsonargparse import ArgumentError as JsonArgumentError
-
-    return (argparse.ArgumentError, JsonArgumentError)
-
-
-_ParseError = _parse_error_types()
 

@@ -83,7 +83,7 @@ def diagnose(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "ru
                         image_size=image_size, max_samples=max_samples, compare=compare, seed=seed, console=console)
 
 
-def reinit(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "reinit.safetensors",
+def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "reinit.safetensors",
            weights: str = "pretrained", batch_size: int = 32, image_size: int | None = None,
            max_samples: int | None = None, seed: int = 0, overwrite: bool = False,
            reinit: ReinitConfig = ReinitConfig(strategy="targeted")) -> int:  # noqa: B008

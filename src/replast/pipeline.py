@@ -42,6 +42,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     model, data = _load_model_and_data(cfg, fabric)
     family = model_family(model)
     if fabric.is_global_zero:
+        if cfg.overwrite and not cfg.resume:
+            runfiles.clear_previous(run_dir)
         runfiles.write_config(run_dir, cfg.to_dict())
         write_json(run_dir / "splits.json", data.record())
         runfiles.write_status(run_dir, "running")
@@ -85,7 +87,8 @@ def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.batch_size
     ranks = {"rank": fabric.global_rank, "world_size": fabric.world_size}
     return {
-        "train": data.loader("train", cfg.batch_size, train=cfg.train.augment, seed=cfg.seed, **ranks),
+        "train": data.loader("train", cfg.batch_size, train=True, augment=cfg.train.augment, seed=cfg.seed,
+                             **ranks),
         "val": data.loader("val", eval_bs, train=False, seed=cfg.seed, **ranks),
         "test": data.loader("test", eval_bs, train=False, seed=cfg.seed, **ranks),
     }

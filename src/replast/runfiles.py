@@ -56,10 +56,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, overwrite: bool, resume: bool
         probe.unlink()
     except OSError as e:
         raise OutputError(f"--out {path} is not writable ({e.strerror}); choose another directory") from e
-    if overwrite and not resume:
-        for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json"):
-            (path / name).unlink(missing_ok=True)
     return path
+
+
+def clear_previous(run_dir: str | os.PathLike) -> None:
+    """Remove the records of an earlier run (for --overwrite), once the new run is known to start."""
+    for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json", "reinit_report.json"):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    for name in ("last.pt", "best.pt"):
+        (Path(run_dir) / "checkpoints" / name).unlink(missing_ok=True)
 
 
 def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:

@@ -1,0 +1,144 @@
+"""Training throughput, side by side in one process: replast vs a plain DataLoader loop vs an on-device bound.
+
+    replast bench --models [mobilenetv2_100] --sizes [128]      # or: python benchmarks/throughput.py
+
+All three run the same model, optimizer, batch size and precision on the same Br35H images:
+`replast` = the fine-tuning step of `replast finetune` over the device-resident, device-augmented loader;
+`reference` = torchvision ImageFolder + RandomResizedCrop/flip + a standard DataLoader (workers, pinned memory);
+`synthetic` = random tensors already on the device (the upper bound for any data pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+
+from replast.data import load_dataset
+from replast.data.sources import br35h_root
+from replast.models import load_model
+from replast.train import resolve_precision
+
+WARMUP_STEPS = 3
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-")
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def _timed(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Iterator, steps: int,
+           batch_size: int, device: torch.device) -> dict[str, float]:
+    for _ in range(WARMUP_STEPS):
+        step(*next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*next(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds, "peak_memory_mib": peak}
+
+
+def _forever(make: Callable[[], Iterable]) -> Iterator:
+    while True:
+        yield from make()
+
+
+def _train_step(fabric: Fabric, name: str, size: int, num_classes: int):
+    model, preprocessing = load_model(name, num_classes=num_classes, weights="pretrained")
+    if fabric.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    model, optimizer = fabric.setup(model, optimizer)
+    model.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = x.to(fabric.device, non_blocking=True), y.to(fabric.device, non_blocking=True)
+        with fabric.autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, preprocessing.with_size(size)
+
+
+def _reference_loader(preprocessing, size: int, batch_size: int, workers: int):
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(preprocessing.mean, preprocessing.std),
+    ])
+    images = datasets.ImageFolder(str(br35h_root()), transform=transform,
+                                  loader=lambda p: datasets.folder.default_loader(p).convert("RGB"))
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), drop_last=True,
+                                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+
+def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, workers: int) -> dict[str, Any]:
+    """Images/s of the three pipelines for one model and image size."""
+    step, preprocessing = _train_step(fabric, name, size, num_classes=2)
+    data = load_dataset("br35h", preprocessing, image_size=size, device=fabric.device)
+    loader = data.loader("train", batch_size, train=True, seed=0)
+    epochs = iter(range(10**6))
+
+    def replast_epoch():
+        loader.set_epoch(next(epochs))
+        return loader
+
+    x = torch.randn(batch_size, 3, size, size, device=fabric.device)
+    y = torch.randint(0, 2, (batch_size,), device=fabric.device)
+    reference = _reference_loader(preprocessing, size, batch_size, workers)
+    results = {
+        "synthetic": _timed(step, _forever(lambda: [(x, y)]), steps, batch_size, fabric.device),
+        "replast": _timed(step, _forever(replast_epoch), steps, batch_size, fabric.device),
+        "reference": _timed(step, _forever(lambda: reference), steps, batch_size, fabric.device),
+    }
+    rate = {k: v["images_per_s"] for k, v in results.items()}
+    return {"model": name, "image_size": size, "batch_size": batch_size, "steps": steps,
+            "reference_workers": workers, **results,
+            "replast_vs_reference": rate["replast"] / rate["reference"],
+            "replast_vs_synthetic": rate["replast"] / rate["synthetic"],
+            "reference_vs_synthetic": rate["reference"] / rate["synthetic"]}
+
+
+def run_throughput(models: list[str] | None = None, sizes: list[int] | None = None, batch_size: int = 64,
+                   steps: int = 20, out: str | None = None, console=None) -> int:
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    fabric = Fabric(accelerator=accelerator, devices=1, precision=resolve_precision("auto", accelerator))
+    torch.backends.cudnn.benchmark = True
+    models = models or ["mobilenetv2_100", "efficientnet_lite0"]
+    sizes = sizes or ([128, 224] if accelerator == "cuda" else [128])
+    workers = min(8, os.cpu_count() or 1)
+    rows = [measure(m, s, batch_size, steps, fabric, workers) for m in models for s in sizes]
+    device = _device_name(fabric.device)
+    record = {"device": device, "torch": torch.__version__, "precision": fabric._precision.precision
+              if hasattr(fabric._precision, "precision") else resolve_precision("auto", accelerator),
+              "python": platform.python_version(), "results": rows,
+              "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"}
+    path = Path(out or f"benchmarks/results/throughput_{'cpu' if accelerator == 'cpu' else device}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if console is not None:
+        for r in rows:
+            console.print(f"{r['model']} {r['image_size']}px: replast {r['replast']['images_per_s']:.1f} img/s, "
+                          f"reference {r['reference']['images_per_s']:.1f}, synthetic {r['synthetic']['images_per_s']:.1f}"
+                          f" → {r['replast_vs_reference']:.2f}x reference, {r['replast_vs_synthetic']:.2f}x bound")
+        console.print(f"wrote {path}")
+    return 0
