@@ -103,6 +103,8 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
     """
     from replast.export import export_reinitialized
 
+    if isinstance(reinit, dict):  # jsonargparse hands nested dataclasses over as dicts
+        reinit = ReinitConfig(**reinit)
     return export_reinitialized(model=model, data=data, out=out, weights=weights, batch_size=batch_size,
                                 image_size=image_size, max_samples=max_samples, seed=seed, overwrite=overwrite,
                                 reinit=reinit, console=console)

@@ -9,7 +9,6 @@ that looks like a run.
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,13 +18,15 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 
-from replast import runfiles
+from replast import runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
-from replast.data import load_dataset
-from replast.models import classifier_name, load_model, model_family, replace_head
+from replast.loading import first_batches, load_model_and_data
+from replast.models import classifier_name, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
 from replast.progress import epoch_progress
+from replast.reinit import restore_plasticity
+from replast.tracking import attach_tracker
 from replast.train import Trainer, evaluate, setup_fabric
 
 
@@ -50,10 +51,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     loaders = _loaders(cfg, data, fabric)
     if cfg.train.mode == "linear-probe":
         _freeze_backbone(model)
-    reinit = _reinitialize(cfg, model, data, fabric, run_dir)
+    utility_batches = _utility_batches(cfg, data, fabric) if cfg.reinit.strategy != "none" else []
+    reinit = _reinitialize(cfg, model, utility_batches, data, fabric, run_dir)
     if family == "cnn" and cfg.train.channels_last and fabric.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    trainer = _make_trainer(cfg, fabric, model, family, data.num_classes, len(loaders["train"]), run_dir, reinit)
+    trainer = _make_trainer(cfg, fabric, model, family, data.num_classes, len(loaders["train"]), run_dir)
+    if reinit is not None:
+        schedule.attach(trainer, reinit, utility_batches)
+    if cfg.train.track_plasticity:
+        attach_tracker(trainer, _first_batch(loaders["val"]))
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume and last.exists():
         trainer.resume(last)
@@ -70,17 +76,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
-    # The head size comes from the data and the normalization from the model: build with a provisional
-    # head, then swap it once the dataset says how many classes there are.
-    model, preprocessing = load_model(cfg.model, num_classes=2, weights=cfg.weights, drop_path=cfg.train.drop_path)
-    data = load_dataset(
-        cfg.data, preprocessing, image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction, train_fraction=cfg.train_fraction, max_samples=cfg.max_samples,
-        max_bad_fraction=cfg.max_bad_fraction, device=fabric.device,
+    return load_model_and_data(
+        cfg.model, cfg.data, weights=cfg.weights, device=fabric.device, drop_path=cfg.train.drop_path,
+        image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+        train_fraction=cfg.train_fraction, max_samples=cfg.max_samples, max_bad_fraction=cfg.max_bad_fraction,
     )
-    if data.num_classes != 2:
-        replace_head(model, data.num_classes)
-    return model.to(fabric.device), data
 
 
 def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
@@ -100,14 +100,11 @@ def _freeze_backbone(model: nn.Module) -> None:
         param.requires_grad_(name == head or name.startswith(head + "."))
 
 
-def _reinitialize(cfg: FinetuneConfig, model: nn.Module, data, fabric: Fabric, run_dir: Path):
+def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fabric: Fabric, run_dir: Path):
     """Apply the configured strategy before training (also on resume, to rebuild identical masks)."""
     if cfg.reinit.strategy == "none":
         return None
-    from replast.reinit import restore_plasticity
-
     options = asdict(cfg.reinit)
-    batches = _utility_batches(cfg, data, fabric)
     if cfg.reinit.scope == "auto":
         options["scope"] = _auto_scope(cfg, model, data, batches, run_dir, fabric)
     report = restore_plasticity(model, batches, seed=cfg.seed, **options)
@@ -117,10 +114,8 @@ def _reinitialize(cfg: FinetuneConfig, model: nn.Module, data, fabric: Fabric, r
 
 
 def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
-    loader = data.loader("train", cfg.batch_size, train=False, seed=cfg.seed,
+    return first_batches(data, "train", cfg.batch_size, cfg.reinit.batches, seed=cfg.seed,
                          rank=fabric.global_rank, world_size=fabric.world_size)
-    loader.set_epoch(0)
-    return list(itertools.islice(iter(loader), cfg.reinit.batches))
 
 
 def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches, run_dir: Path, fabric: Fabric):
@@ -134,7 +129,7 @@ def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches, run_dir: P
     return scope.fractions
 
 
-def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_dir, reinit) -> Trainer:
+def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_dir) -> Trainer:
     settings = resolve(cfg.train, family, cfg.batch_size * fabric.world_size)
     optimizer = build_optimizer(model, cfg.train, settings, fused=fabric.device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.epochs * steps_per_epoch,
@@ -142,17 +137,7 @@ def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_
     if cfg.train.compile:
         model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
-    trainer = Trainer(fabric, model, optimizer, scheduler, cfg, run_dir, num_classes)
-    trainer.settings = settings
-    if reinit is not None:
-        from replast.reinit.hooks import attach
-
-        attach(trainer, reinit)
-    if cfg.train.track_plasticity:
-        from replast.tracking import attach_tracker
-
-        attach_tracker(trainer)
-    return trainer
+    return Trainer(fabric, model, optimizer, scheduler, cfg, run_dir, num_classes, settings=settings)
 
 
 def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wall: float) -> dict[str, Any]:
@@ -168,6 +153,9 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "wall_time_s": wall,
         "epoch_time_s": sum(epoch_times) / max(len(epoch_times), 1),
         "reinit_time_s": reinit.total_time_s if reinit is not None else 0.0,
+        "reinit_utility_time_s": reinit.utility_time_s if reinit is not None else 0.0,
+        "reinit_fraction": reinit.n_reset / max(reinit.numel, 1) if reinit is not None else 0.0,
+        "reinit_events": trainer.reinit_events,
         "optimizer": asdict(trainer.settings),
         "device": str(trainer.fabric.device),
         "world_size": trainer.fabric.world_size,
@@ -180,3 +168,8 @@ def _stopped(fabric: Fabric, run_dir: Path, result) -> dict[str, Any]:
     if fabric.is_global_zero:
         runfiles.write_status(run_dir, status, **{k: v for k, v in record.items() if k != "status"})
     return record
+
+
+def _first_batch(loader) -> tuple:
+    loader.set_epoch(0)
+    return next(iter(loader))

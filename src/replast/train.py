@@ -163,6 +163,9 @@ class Trainer:
     optimizer_step: Callable[[], None] | None = None
     tracker: Callable[[nn.Module], dict[str, float]] | None = None
     state: TrainState = field(default_factory=TrainState)
+    settings: Any = None
+    """The resolved optimizer settings (recorded in final.json)."""
+    reinit_events: list[dict[str, Any]] = field(default_factory=list)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

@@ -1,0 +1,34 @@
+"""Load a model and a dataset that fit each other: the data follows the model's preprocessing and the
+model's head follows the data's classes. Used by finetune, diagnose, reinit and the benchmarks."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from replast.data import DatasetSplits, load_dataset
+from replast.models import load_model, replace_head
+
+PROVISIONAL_CLASSES = 2
+
+
+def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", device: torch.device | str = "cpu",
+                        drop_path: float = 0.0, **data_options) -> tuple[nn.Module, DatasetSplits]:
+    """`data_options` go to `load_dataset` (image_size, seed, fractions, max_samples, max_bad_fraction)."""
+    # The normalization comes from the model and the head size from the data: build with a provisional
+    # head, then swap it once the dataset says how many classes there are.
+    net, preprocessing = load_model(model, num_classes=PROVISIONAL_CLASSES, weights=weights, drop_path=drop_path)
+    splits = load_dataset(data, preprocessing, device=device, **data_options)
+    if splits.num_classes != PROVISIONAL_CLASSES:
+        replace_head(net, splits.num_classes)
+    return net.to(device), splits
+
+
+def first_batches(splits: DatasetSplits, split: str, batch_size: int, count: int, *, seed: int = 0,
+                  rank: int = 0, world_size: int = 1) -> list:
+    """The first `count` un-augmented batches of a split in its seeded order (for utilities and probes)."""
+    loader = splits.loader(split, batch_size, train=False, seed=seed, rank=rank, world_size=world_size)
+    loader.set_epoch(0)
+    return list(itertools.islice(iter(loader), count))

@@ -1,0 +1,50 @@
+"""Re-initialization during training: k× updates for reset weights and the `every:K` re-application.
+
+`attach(trainer, report, batches)` wires both into a `train.Trainer`; with `lr_scale == 1` and
+`schedule == "once"` it does nothing, so plain strategies pay no per-step cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from torch import nn
+
+from replast.reinit import ReinitSchedule, UpdateScaler, clear_optimizer_state, restore_plasticity
+
+
+def _module(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+def attach(trainer: Any, report: Any, batches: list) -> None:
+    """Scale the updates of the entries `report` reset, and re-apply the strategy on schedule."""
+    options = asdict(trainer.cfg.reinit)
+    schedule = ReinitSchedule.parse(options["schedule"])
+    trainer.reinit_events = []
+    if options["lr_scale"] != 1.0:
+        _set_scaler(trainer, report.masks)
+    if schedule.once:
+        return
+
+    def reapply(step: int) -> None:
+        if not schedule.due(step):
+            return
+        model = _module(trainer.model)
+        again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, **options)
+        clear_optimizer_state(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
+                              else trainer.optimizer, again.masks, model=model)
+        trainer.reinit_events.append({"step": step, "n_reset": again.n_reset, "time_s": again.total_time_s})
+        if options["lr_scale"] != 1.0:
+            _set_scaler(trainer, again.masks)
+
+    trainer.step_hooks.append(reapply)
+
+
+def _set_scaler(trainer: Any, masks: dict) -> None:
+    reinit = trainer.cfg.reinit
+    scaler = UpdateScaler(trainer.optimizer, masks, reinit.lr_scale, reinit.lr_warmup_steps,
+                          model=_module(trainer.model))
+    trainer.optimizer_step = scaler.step
