@@ -76,11 +76,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
-    return load_model_and_data(
-        cfg.model, cfg.data, weights=cfg.weights, device=fabric.device, drop_path=cfg.train.drop_path,
-        image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-        train_fraction=cfg.train_fraction, max_samples=cfg.max_samples, max_bad_fraction=cfg.max_bad_fraction,
-    )
+    # Rank 0 decodes and caches the dataset first; the other ranks then read its cache.
+    with fabric.rank_zero_first():
+        return load_model_and_data(
+            cfg.model, cfg.data, weights=cfg.weights, device=fabric.device, drop_path=cfg.train.drop_path,
+            image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction, train_fraction=cfg.train_fraction, max_samples=cfg.max_samples,
+            max_bad_fraction=cfg.max_bad_fraction,
+        )
 
 
 def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
