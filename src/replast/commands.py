@@ -51,6 +51,8 @@ def finetune(cfg: FinetuneConfig) -> int:
     from replast.pipeline import finetune as run
 
     record = run(cfg)
+    if record.get("global_rank", 0) != 0:
+        return 0 if "status" not in record else 1
     if "status" in record:
         console.print(f"run stopped: {record['status']} at step {record['step']} ({cfg.out})")
         return 1

@@ -9,6 +9,7 @@ that looks like a run.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -72,7 +73,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if fabric.is_global_zero:
         write_json(run_dir / "final.json", final)
         runfiles.write_status(run_dir, runfiles.FINISHED)
-    return final
+    return {**final, "global_rank": fabric.global_rank}
 
 
 def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
@@ -111,9 +112,26 @@ def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fa
     if cfg.reinit.scope == "auto":
         options["scope"] = _auto_scope(cfg, model, data, batches, run_dir, fabric)
     report = restore_plasticity(model, batches, seed=cfg.seed, **options)
+    report.mask_digests = _mask_digests(fabric, report.masks)
+    if len(set(report.mask_digests)) != 1:
+        raise RuntimeError(f"re-initialization masks differ across ranks: {report.mask_digests}")
     if fabric.is_global_zero:
         write_json(run_dir / "reinit_report.json", report.to_dict())
     return report
+
+
+def _mask_digests(fabric: Fabric, masks: dict[str, torch.Tensor]) -> list[str]:
+    """One short hash of all masks per rank; every rank must choose exactly the same entries."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].detach().cpu().numpy().tobytes())
+    mine = digest.hexdigest()[:16]
+    if fabric.world_size == 1:
+        return [mine]
+    gathered: list[str] = [""] * fabric.world_size
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
 
 
 def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
@@ -159,6 +177,7 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "reinit_utility_time_s": reinit.utility_time_s if reinit is not None else 0.0,
         "reinit_fraction": reinit.n_reset / max(reinit.numel, 1) if reinit is not None else 0.0,
         "reinit_events": trainer.reinit_events,
+        "mask_digests": getattr(reinit, "mask_digests", []),
         "optimizer": asdict(trainer.settings),
         "device": str(trainer.fabric.device),
         "world_size": trainer.fabric.world_size,
@@ -170,7 +189,7 @@ def _stopped(fabric: Fabric, run_dir: Path, result) -> dict[str, Any]:
     record = {"status": status, "step": result.nonfinite_step or result.state.step, "epoch": result.state.epoch}
     if fabric.is_global_zero:
         runfiles.write_status(run_dir, status, **{k: v for k, v in record.items() if k != "status"})
-    return record
+    return {**record, "global_rank": fabric.global_rank}
 
 
 def _first_batch(loader) -> tuple:

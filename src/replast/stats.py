@@ -43,6 +43,11 @@ def _clean(values: Sequence[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+def _constant(x: np.ndarray) -> bool:
+    # Differences of accuracies carry float noise (0.85 - 0.80 != 0.87 - 0.82): compare with a tolerance.
+    return bool(np.allclose(x, x[0], rtol=1e-9, atol=1e-12))
+
+
 def _bootstrap_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_boot, len(x)))
@@ -57,7 +62,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 10000, s
     if len(x) == 0:
         return MeanCI(math.nan, math.nan, math.nan, 0)
     mean = float(x.mean())
-    if len(x) == 1 or np.all(x == x[0]):
+    if len(x) == 1 or _constant(x):
         return MeanCI(mean, mean, mean, len(x))
     boots = _bootstrap_means(x, n_boot, seed)
     alpha = (1 - level) / 2
@@ -82,11 +87,11 @@ def _p_value(diff: np.ndarray) -> tuple[float, str]:
     n = len(diff)
     if n < 2:
         return math.nan, "none (n<2)"
-    if np.all(diff == 0):
+    if np.allclose(diff, 0.0, rtol=0.0, atol=1e-12):
         return 1.0, "degenerate (all differences 0)"
     if n >= WILCOXON_MIN_N:
         return float(sps.wilcoxon(diff, alternative="two-sided").pvalue), "wilcoxon signed-rank"
-    if np.all(diff == diff[0]):
+    if _constant(diff):
         # Zero variance with a non-zero mean: the t statistic is infinite.
         return 0.0, "paired t (zero variance)"
     return float(sps.ttest_1samp(diff, 0.0).pvalue), "paired t"

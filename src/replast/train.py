@@ -245,8 +245,10 @@ class Trainer:
                 return FitResult(state, "interrupted")
         if not torch.isfinite(loss_sum):
             return self._nonfinite(state.step)
-        self._epoch_train_metrics = {"train_loss": float(loss_sum / max(seen, 1)),
-                                     "train_acc": float(correct / max(seen, 1)),
+        totals = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
+                                        reduce_op="sum")
+        seen_all = max(float(totals[2]), 1.0)
+        self._epoch_train_metrics = {"train_loss": float(totals[0]) / seen_all, "train_acc": float(totals[1]) / seen_all,
                                      "epoch_time_s": time.perf_counter() - started}
         return None
 

@@ -1,0 +1,152 @@
+"""`render(OUT)`: read the study's runs, compute the tables, draw the figures, write report.md + report.html.
+
+Outputs: OUT/report.md (PNG links), OUT/report.html (self-contained), OUT/report/figures/*.png,
+OUT/report/summary.csv (one row per condition × strategy) and OUT/report/runs.csv (per run, with
+arm, condition, epochs_to_95 and epochs_to_100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from replast.checkpoint import atomic_write, write_text
+from replast.errors import OutputError
+from replast.experiment import collect
+from replast.report import plots
+from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
+from replast.report.html import to_html
+from replast.report.markdown import to_markdown
+from replast.report.summary import sentence
+from replast.report.tables import Condition, conditions
+
+METHODS = (
+    "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% percentile-bootstrap CI. "
+    "Δ is the seed-paired difference to the none baseline (plain fine-tuning) in percentage points with a "
+    "bootstrap CI; p comes from a paired t-test (fewer than 6 pairs) or a Wilcoxon signed-rank test (6 or more), "
+    "Holm-corrected over the strategies of each table. Epochs to 95% / 100% = first epoch whose validation "
+    "accuracy reaches that share of the baseline's mean final validation accuracy (mean over the seeds that "
+    "reach it; '—' = never). Speed-up = baseline epochs / strategy epochs to 100%. Overhead = time spent "
+    "re-initializing as % of one mean epoch."
+)
+
+
+def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    if (out / "runs").is_dir():
+        return collect(out, write=False)
+    if (out / "results.csv").exists():
+        results = pd.read_csv(out / "results.csv")
+        curves = pd.read_csv(out / "curves.csv") if (out / "curves.csv").stat().st_size > 1 else pd.DataFrame()
+        failures = results[results["status"] != "finished"].to_dict("records")
+        return results, curves, failures
+    raise OutputError(f"{out} holds neither runs/ nor results.csv; run `replast sweep` first or check the path")
+
+
+def _fmt(value: float, digits: int = 1, scale: float = 1.0, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{scale * value:+.{digits}f}" if sign else f"{scale * value:.{digits}f}"
+
+
+def _table_rows(table: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for _, r in table.iterrows():
+        rows.append([
+            str(r["arm"]), str(int(r["n"])),
+            f"{_fmt(r['acc'], scale=100)} [{_fmt(r['acc_low'], scale=100)}, {_fmt(r['acc_high'], scale=100)}]",
+            "—" if math.isnan(r["delta"]) else
+            f"{_fmt(r['delta'], scale=100, sign=True)} [{_fmt(r['delta_low'], scale=100, sign=True)}, "
+            f"{_fmt(r['delta_high'], scale=100, sign=True)}]",
+            _p(r["p_holm"]), f"{_fmt(r['epochs_to_95'])} / {_fmt(r['epochs_to_100'])}",
+            f"{int(r['reached_100'])}/{int(r['n'])}", _fmt(r["speedup"], 2),
+            _fmt(r.get("overhead_pct", math.nan), 1)])
+    return rows
+
+
+def _p(value: float) -> str:
+    return "—" if math.isnan(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+HEADERS = ["Strategy", "n", "Test acc % [95% CI]", "Δ vs none, pp [95% CI]", "p (Holm)",
+           "Epochs to 95% / 100%", "Reached 100%", "Speed-up (×)", "Reinit overhead (% of epoch)"]
+
+
+def _figures(index: int, cond: Condition, curves: pd.DataFrame, colors: dict) -> list[Figure]:
+    arm_of = dict(zip(cond.runs["hash"], cond.runs["arm"], strict=True))
+    sub = curves[curves["hash"].isin(arm_of)] if not curves.empty else curves
+    made = [("curves", "Validation accuracy per epoch (mean, 95% bootstrap band over seeds)",
+             plots.learning_curves(sub, arm_of, colors, cond.title)),
+            ("fraction", "Test accuracy vs re-initialized fraction (mean, 95% CI); dashed: none",
+             plots.fraction_plot(cond.runs, colors, cond.title)),
+            ("plasticity", "Plasticity metrics tracked during training (mean, 95% band over seeds)",
+             plots.plasticity_curves(sub, arm_of, colors, cond.title))]
+    return [Figure(f"report/figures/c{index:02d}-{kind}.png", f"{cond.title}: {caption}", png)
+            for kind, caption, png in made if png]
+
+
+def _failures(failures: list[dict]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Failed and unfinished runs")]
+    if not failures:
+        return blocks + [Paragraph("None: every run finished.")]
+    keys = ["hash", "status", "reason", "model", "data", "seed", "reinit.strategy"]
+    rows = [[str(f.get(k, "")) for k in keys] for f in failures]
+    return blocks + [Paragraph(f"Runs that did not finish: {len(failures)}. They are excluded from the tables above."),
+                     Table(keys, rows)]
+
+
+def _study_name(out: Path) -> str:
+    try:
+        return str(json.loads((out / "study.json").read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return out.name
+
+
+def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: list[dict],
+             conds: list[Condition]) -> list[Block]:
+    name = _study_name(out)
+    finished = int((results.get("status", pd.Series(dtype=str)) == "finished").sum())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        Heading(1, f"Study report: {name}"),
+        Paragraph(f"{len(results)} runs, {finished} finished, {len(failures)} not finished. Generated {stamp}."),
+        Paragraph(METHODS)]
+    arms = sorted({a for c in conds for a in c.table["arm"]}, key=lambda a: (a != "none", a))
+    colors = plots.arm_colors(arms)
+    for i, cond in enumerate(conds):
+        blocks += [Heading(2, cond.title), Paragraph(sentence(cond.table, cond.has_baseline)),
+                   Table(HEADERS, _table_rows(cond.table)), *_figures(i, cond, curves, colors)]
+    if not conds:
+        blocks.append(Paragraph("No finished runs yet, so there is nothing to compare."))
+    return blocks + _failures(failures)
+
+
+def render(out_dir: str | os.PathLike) -> list[Path]:
+    """Write report.md and report.html (plus figures and summary CSVs) for a study's OUT directory."""
+    out = Path(out_dir)
+    results, curves, failures = _load(out)
+    conds = conditions(results, curves)
+    blocks = document(out, results, curves, failures, conds)
+    figures = [b for b in blocks if isinstance(b, Figure)]
+    for figure in figures:
+        atomic_write(out / figure.path, lambda f, png=figure.png: f.write(png))
+    # Figures of conditions that no longer exist would otherwise linger next to the new report.
+    keep = {(out / f.path).name for f in figures}
+    for stale in (out / "report" / "figures").glob("c*-*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    _write_tables(out, conds)
+    md = write_text(out / "report.md", to_markdown(blocks))
+    html = write_text(out / "report.html", to_html(blocks, f"replast report: {_study_name(out)}"))
+    return [md, html]
+
+
+def _write_tables(out: Path, conds: list[Condition]) -> None:
+    summary = pd.concat([c.table.assign(condition=c.title) for c in conds], ignore_index=True) if conds else pd.DataFrame()
+    runs = pd.concat([c.runs for c in conds], ignore_index=True) if conds else pd.DataFrame()
+    write_text(out / "report" / "summary.csv", summary.to_csv(index=False))
+    write_text(out / "report" / "runs.csv", runs.to_csv(index=False))

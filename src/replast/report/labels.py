@@ -1,0 +1,80 @@
+"""Names used by the report: which run is which strategy ("arm"), which runs form one comparison ("condition").
+
+An arm is reinit.strategy + train.mode + the reinit knobs that vary within that strategy across the study;
+a condition is every other varying config field except the seed (e.g. data, model, train_fraction).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from replast.experiment import config_keys
+
+BASELINE = "none"
+# Fields that change how a run executes, not what it measures.
+RUNTIME = {"accelerator", "devices", "num_nodes", "strategy", "deterministic", "diagnose", "train.compile",
+           "train.precision", "train.channels_last", "train.eval_batch_size", "train.track_plasticity"}
+
+
+def default_mode() -> str:
+    return str(config_keys()["train.mode"])
+
+
+def is_arm_column(column: str) -> bool:
+    return column.startswith("reinit.") or column == "train.mode"
+
+
+def condition_columns(results: pd.DataFrame) -> list[str]:
+    """Config columns that vary across the study and are neither strategy knobs, the seed nor runtime."""
+    keys = [k for k in config_keys() if k in results.columns]
+    return [k for k in keys if not is_arm_column(k) and k != "seed" and k not in RUNTIME
+            and results[k].astype(str).nunique() > 1]
+
+
+def _varying_knobs(results: pd.DataFrame) -> dict[str, list[str]]:
+    knobs = [c for c in results.columns if c.startswith("reinit.") and c != "reinit.strategy"]
+    return {s: [c for c in knobs if group[c].astype(str).nunique() > 1]
+            for s, group in results.groupby("reinit.strategy")}
+
+
+def arm_labels(results: pd.DataFrame) -> pd.Series:
+    """One readable label per run: 'none', 'linear-probe', 'targeted (utility=taylor, fraction=0.1)', ..."""
+    if results.empty:
+        return pd.Series(dtype=str)
+    frame = results.assign(**{"reinit.strategy": results.get("reinit.strategy", BASELINE),
+                              "train.mode": results.get("train.mode", default_mode())})
+    knobs, mode = _varying_knobs(frame), default_mode()
+
+    def label(row: pd.Series) -> str:
+        strategy, run_mode = str(row["reinit.strategy"]), str(row["train.mode"])
+        if strategy == BASELINE:
+            return BASELINE if run_mode == mode else run_mode
+        text = strategy + ("" if run_mode == mode else f" [{run_mode}]")
+        parts = [f"{c.split('.', 1)[1]}={row[c]}" for c in knobs.get(strategy, [])]
+        return text + (f" ({', '.join(parts)})" if parts else "")
+
+    return frame.apply(label, axis=1)
+
+
+def condition_titles(results: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """'br35h × mobilenetv2_100 (train_fraction=0.25)' per run."""
+    if results.empty:
+        return pd.Series(dtype=str)
+    main = [c for c in ("data", "model") if c in results.columns]
+    rest = [c for c in columns if c not in main]
+
+    def title(row: pd.Series) -> str:
+        text = " × ".join(str(row[c]) for c in main) or "all runs"
+        extra = ", ".join(f"{c}={row[c]}" for c in rest)
+        return text + (f" ({extra})" if extra else "")
+
+    return results.apply(title, axis=1)
+
+
+def natural_key(text: str) -> tuple:
+    """Sort 'fraction=0.05' before 'fraction=0.1' and 'none' first."""
+    import re
+
+    parts = re.split(r"(-?\d+(?:\.\d+)?)", text)
+    return (text != BASELINE, tuple((0, float(p)) if re.fullmatch(r"-?\d+(?:\.\d+)?", p) else (1, p)
+                                    for p in parts if p))

@@ -1,0 +1,84 @@
+"""Per-condition tables: accuracy with CI per arm, Δ vs the `none` baseline paired by seed with Holm-corrected
+p-values, epochs to reach the baseline's final accuracy, speed-up and re-initialization overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from replast import stats
+from replast.report.labels import BASELINE, arm_labels, condition_columns, condition_titles, natural_key
+
+METRIC = "test_acc"
+
+
+@dataclass
+class Condition:
+    title: str
+    runs: pd.DataFrame    # finished runs of this condition, with `arm` and epochs_to_* columns
+    table: pd.DataFrame   # one row per arm
+    has_baseline: bool
+
+
+def prepare(results: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with `arm`, `condition` and epochs_to_95 / epochs_to_100 of the baseline's final val acc."""
+    finished = results[results["status"] == "finished"].copy() if "status" in results else results.copy()
+    if finished.empty:
+        return finished.assign(arm=pd.Series(dtype=str), condition=pd.Series(dtype=str))
+    columns = condition_columns(finished)
+    finished["arm"] = arm_labels(finished)
+    finished["condition"] = condition_titles(finished, columns)
+    targets = stats.baseline_targets(finished, curves, ["condition"], finished["arm"] == BASELINE)
+    return finished.join(targets)
+
+
+def _by_seed(runs: pd.DataFrame, column: str) -> dict:
+    values = runs[["seed", column]].dropna() if column in runs else pd.DataFrame(columns=["seed", column])
+    return values.groupby("seed")[column].mean().to_dict()
+
+
+def _mean(values: pd.Series) -> float:
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None, seed: int) -> dict:
+    ci = stats.mean_ci(runs[METRIC], seed=seed)
+    row = {"arm": arm, "n": ci.n, "acc": ci.mean, "acc_low": ci.low, "acc_high": ci.high,
+           "delta": math.nan, "delta_low": math.nan, "delta_high": math.nan, "p": math.nan, "test": "",
+           "epochs_to_95": _mean(runs.get("epochs_to_95", pd.Series(dtype=float))),
+           "epochs_to_100": _mean(runs.get("epochs_to_100", pd.Series(dtype=float))),
+           "reached_100": int(runs.get("epochs_to_100", pd.Series(dtype=float)).notna().sum())}
+    if {"reinit_time_s", "epoch_time_s"} <= set(runs.columns):
+        row["overhead_pct"] = _mean(100 * runs["reinit_time_s"] / runs["epoch_time_s"].replace(0, np.nan))
+    if base is not None and arm != BASELINE:
+        r = stats.paired_comparison(_by_seed(runs, METRIC), _by_seed(base, METRIC), seed=seed)
+        row.update(delta=r.mean_diff, delta_low=r.low, delta_high=r.high, p=r.p_value, test=r.test)
+    return row
+
+
+def arm_table(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """One row per arm of one condition, baseline first; `p_holm` corrects over the arms compared."""
+    base = runs[runs["arm"] == BASELINE] if (runs["arm"] == BASELINE).any() else None
+    arms = sorted(runs["arm"].unique(), key=natural_key)
+    table = pd.DataFrame([_arm_row(a, runs[runs["arm"] == a], base, seed) for a in arms])
+    table["p_holm"] = stats.holm(table["p"].tolist())
+    e100 = table.set_index("arm")["epochs_to_100"]
+    baseline_e100 = e100.get(BASELINE, math.nan)
+    table["speedup"] = [baseline_e100 / e if e and not math.isnan(e) else math.nan for e in e100]
+    return table
+
+
+def conditions(results: pd.DataFrame, curves: pd.DataFrame, seed: int = 0) -> list[Condition]:
+    """All comparisons of a study, ordered by condition title."""
+    runs = prepare(results, curves)
+    if runs.empty or METRIC not in runs:
+        return []
+    out = []
+    for title, group in sorted(runs.groupby("condition"), key=lambda kv: natural_key(str(kv[0]))):
+        out.append(Condition(str(title), group, arm_table(group, seed), bool((group["arm"] == BASELINE).any())))
+    return out

@@ -1,0 +1,368 @@
+"""Studies: expansion and hashing, bad study files, sweeps with a fake trainer (skip, resume, damage, crash,
+SIGKILL, GPU pinning, SLURM via submitit's debug executor), the results store, and the real smoke study."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from replast import launchers
+from replast.errors import ConfigError, OutputError
+from replast.experiment import collect, config_hash, expand, load_study, parse_study, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stand-in for `replast finetune --config`: writes the run directory of docs/CONTRACTS.md with known
+# numbers. seed 13 crashes while FAKE_CRASH=1; data 'bad' is bad input (exit 2); FAKE_SLEEP slows it.
+FAKE_TRAINER = textwrap.dedent('''
+    import json, os, sys, time, yaml
+    cfg = yaml.safe_load(open(sys.argv[sys.argv.index("--config") + 1]))
+    out = cfg["out"]
+    def write(name, text):
+        tmp = os.path.join(out, "." + name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out, name))
+    def status(s, **kw):
+        write("status.json", json.dumps({"status": s, "updated": "now", **kw}))
+    if cfg["data"] == "bad":
+        print("replast: error: unknown dataset 'bad'", file=sys.stderr)
+        sys.exit(2)
+    status("running")
+    with open(os.path.join(out, "attempts.txt"), "a") as f:
+        f.write(f"resume={cfg['resume']}\\n")
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    if cfg["seed"] == 13 and os.environ.get("FAKE_CRASH") == "1":
+        raise RuntimeError("simulated crash")
+    base = 0.6 if cfg["reinit"]["strategy"] == "none" else 0.7
+    rows = ["epoch,step,lr,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,val_f1,epoch_time_s"]
+    for e in range(1, cfg["epochs"] + 1):
+        acc = base + 0.05 * e + 0.01 * cfg["seed"]
+        rows.append(f"{e},{10 * e},0.01,{1 - acc},{acc},{1 - acc},{acc},{acc},{acc},2.0")
+    write("metrics.csv", "\\n".join(rows) + "\\n")
+    final = {"test_acc": acc, "test_balanced_acc": acc, "test_f1": acc, "test_loss": 1 - acc,
+             "best_val_acc": acc, "best_epoch": cfg["epochs"], "final_val_acc": acc, "epochs": cfg["epochs"],
+             "wall_time_s": 3.0, "reinit_time_s": 0.5, "epoch_time_s": 2.0,
+             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    write("final.json", json.dumps(final))
+    status("finished")
+''')
+
+
+def write_study(path: Path, **content) -> Path:
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(launchers, "finetune_command",
+                        lambda config: [sys.executable, str(script), "--config", str(config)])
+    monkeypatch.setattr(launchers, "visible_gpus", lambda: [])
+    return script
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    return write_study(
+        tmp_path / "tiny.yaml", name="tiny", out=str(tmp_path / "out"),
+        base={"model": "resnet10t", "weights": "none", "data": "synthetic", "epochs": 3},
+        grid={"seed": [0, 1], "strategies": [{"reinit.strategy": "none"},
+                                             {"reinit.strategy": "targeted", "reinit.fraction": [0.1, 0.3]}]},
+    )
+
+
+def statuses(out: Path) -> dict[str, str]:
+    return {d.name: json.loads((d / "status.json").read_text())["status"] for d in (out / "runs").iterdir()}
+
+
+# ---- expansion and hashing -----------------------------------------------------------------------
+def test_hash_depends_on_content_not_key_order_or_output():
+    a = {"model": "m", "seed": 1, "train": {"lr": 0.1, "mode": "finetune"}}
+    b = {"train": {"mode": "finetune", "lr": 0.1}, "seed": 1, "model": "m", "out": "/x", "resume": True}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({**a, "seed": 2})
+    assert len(config_hash(a)) == 12
+
+
+def test_grid_is_crossed_and_groups_expand_on_their_own():
+    study = parse_study({"name": "s", "base": {"epochs": 2}, "grid": {
+        "model": ["a", "b"], "seed": [0, 1, 2],
+        "strategies": [{"reinit.strategy": "none"},
+                       {"reinit.strategy": "targeted", "reinit.utility": ["magnitude", "taylor"],
+                        "reinit.fraction": [0.1, 0.3]}]}})
+    specs = expand(study)
+    assert len(specs) == 2 * 3 * (1 + 4)
+    assert len({s.hash for s in specs}) == len(specs)
+    none = [s for s in specs if s.config["reinit"]["strategy"] == "none"]
+    assert {s.config["reinit"]["fraction"] for s in none} == {0.1}  # knobs do not expand with `none`
+    assert {s.config["reinit"]["utility"] for s in none} == {"taylor"}
+    assert all(s.config["epochs"] == 2 for s in specs)
+
+
+def test_nested_groups_runs_entries_and_nested_dict_syntax():
+    study = parse_study({"name": "s", "grid": {"train": {"lr": [0.1, 0.01]}, "arms": [
+        {"reinit.strategy": "redo"},
+        {"reinit.strategy": "targeted", "knobs": [{"reinit.utility": "fisher"},
+                                                 {"reinit.utility": "random", "reinit.level": ["weight", "unit"]}]},
+    ]}, "include": [{"train.mode": "linear-probe", "seed": [0, 1]}]})
+    specs = expand(study)
+    assert len(specs) == 2 * (1 + 1 + 2) + 2
+    probes = [s for s in specs if s.config["train"]["mode"] == "linear-probe"]
+    assert sorted(s.config["seed"] for s in probes) == [0, 1]
+
+
+def test_list_valued_fields_take_lists_as_choices():
+    study = parse_study({"name": "s", "grid": {"reinit.exclude": [["head"], ["head", "stem"]]}})
+    assert [s.config["reinit"]["exclude"] for s in expand(study)] == [["head"], ["head", "stem"]]
+    with pytest.raises(ConfigError, match=r"each choice must be a list"):
+        expand(parse_study({"name": "s", "grid": {"reinit.exclude": ["head", "stem"]}}))
+
+
+def test_unknown_keys_are_all_listed_with_the_closest_valid_name():
+    study = parse_study({"name": "s", "base": {"epocs": 2, "train": {"lrr": 0.1}}, "grid": {
+        "reinit.fracton": [0.1], "seed": [0],
+        "arms": [{"reinit.strategy": "targeted", "reinit.utilty": ["taylor"]}]},
+        "runs": [{"modle": "x"}]})
+    with pytest.raises(ConfigError) as info:
+        expand(study)
+    message = str(info.value)
+    for bad, good in [("epocs", "epochs"), ("train.lrr", "train.lr"), ("reinit.fracton", "reinit.fraction"),
+                      ("reinit.utilty", "reinit.utility"), ("modle", "model")]:
+        assert f"unknown key {bad!r} (did you mean {good!r}?)" in message
+
+
+def test_invalid_values_and_sweep_owned_keys_are_reported_together():
+    study = parse_study({"name": "s", "grid": {"reinit.fraction": [0.1, 1.5], "epochs": [0, 1]}})
+    with pytest.raises(ConfigError) as info:
+        expand(study)
+    assert "reinit.fraction=1.5" in str(info.value) and "epochs=0" in str(info.value)
+    with pytest.raises(ConfigError, match="set per run by the sweep"):
+        expand(parse_study({"name": "s", "base": {"out": "x"}, "grid": {"seed": [0]}}))
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"name": "s"}, "has no runs"),
+    ({"name": "s", "grid": {}}, "has no runs"),
+    ({"name": "s", "grid": {"seed": []}}, "empty list of choices"),
+    ({"name": "s", "grid": {"seed": [0]}, "gird": {}}, "unknown study key 'gird' .did you mean 'grid'"),
+    ({"grid": {"seed": [0]}}, "`name` must be a non-empty string"),
+    ({"name": "s", "grid": {"x": [{"seed": 0}, 1]}}, "mixes mappings and plain values"),
+    ({"name": "s", "grid": {"seed": [0], "g": [{"seed": 1}]}}, "seed set by more than one grid entry"),
+])
+def test_bad_study_files(content, match):
+    with pytest.raises(ConfigError, match=match):
+        expand(parse_study(content))
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="does not exist.*smoke"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_duplicates_run_once_with_a_warning(caplog):
+    study = parse_study({"name": "s", "grid": {"seed": [0, 0, 1]}, "runs": [{"seed": 1, "epochs": 10}]})
+    with caplog.at_level(logging.WARNING, logger="replast.experiment"):
+        specs = expand(study)
+    assert len(specs) == 2
+    assert sum("duplicates" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("name, runs", [("smoke", 4), ("demo", None), ("paper", None)])
+def test_shipped_studies_expand(name, runs):
+    specs = expand(load_study(name))
+    assert runs is None or len(specs) == runs
+    assert len({s.hash for s in specs}) == len(specs)
+
+
+def test_paper_study_has_every_strategy_utility_and_fraction():
+    specs = expand(load_study("paper"))
+    targeted = [s.config["reinit"] for s in specs if s.config["reinit"]["strategy"] == "targeted"]
+    assert {r["utility"] for r in targeted} == {"magnitude", "taylor", "fisher", "random"}
+    assert {r["fraction"] for r in targeted} == {0.05, 0.1, 0.2, 0.3}
+    strategies = {(s.config["reinit"]["strategy"], s.config["train"]["mode"]) for s in specs}
+    assert {("none", "finetune"), ("none", "linear-probe"), ("reinit-all", "finetune"), ("redo", "finetune"),
+            ("shrink-perturb", "finetune"), ("reinit-top-layers", "finetune")} <= strategies
+    assert {s.config["seed"] for s in specs} == set(range(5))
+
+
+# ---- sweeps with the fake trainer ----------------------------------------------------------------
+def test_sweep_runs_all_then_skips_finished(fake_trainer, study_file, tmp_path):
+    summary = sweep(study_file, jobs=2)
+    out = tmp_path / "out"
+    assert summary.ok and len(summary.finished) == summary.total == 6
+    assert set(statuses(out).values()) == {"finished"}
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 6 and {"reinit.fraction", "test_acc", "wall_time_s", "final.epochs"} <= set(results)
+    curves = pd.read_csv(out / "curves.csv")
+    assert len(curves) == 6 * 3 and {"hash", "model", "seed", "reinit.strategy", "val_acc"} <= set(curves)
+    assert json.loads((out / "study.json").read_text())["name"] == "tiny"
+    again = sweep(study_file)
+    assert again.launched == [] and len(again.skipped) == 6
+
+
+def test_crash_is_isolated_listed_and_resumed(fake_trainer, tmp_path, monkeypatch):
+    study = write_study(tmp_path / "s.yaml", name="s", out=str(tmp_path / "out"),
+                        base={"epochs": 2}, grid={"seed": [0, 13]}, runs=[{"data": "bad"}])
+    monkeypatch.setenv("FAKE_CRASH", "1")
+    summary = sweep(study)
+    failed = {f["status"]: f for f in summary.failures}
+    assert set(failed) == {"failed:crash", "failed:bad-input"} and len(summary.finished) == 1
+    assert "simulated crash" in failed["failed:crash"]["reason"]
+    assert "unknown dataset 'bad'" in failed["failed:bad-input"]["reason"]
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert sorted(results["status"]) == ["failed:bad-input", "failed:crash", "finished"]
+    monkeypatch.setenv("FAKE_CRASH", "0")
+    again = sweep(study)
+    assert len(again.launched) == 2 and len(again.finished) == 1
+    crashed = tmp_path / "out" / "runs" / failed["failed:crash"]["hash"]
+    assert (crashed / "attempts.txt").read_text().splitlines() == ["resume=False", "resume=True"]
+
+
+def test_running_run_is_resumed_when_dead_and_left_alone_when_alive(fake_trainer, study_file, tmp_path):
+    sweep(study_file)
+    out = tmp_path / "out"
+    dead, alive = sorted((out / "runs").iterdir())[:2]
+    for run in (dead, alive):
+        (run / "status.json").write_text(json.dumps({"status": "running", "updated": "x"}))
+    (dead / "launch.json").write_text(json.dumps({"pid": 2**22 + 7, "host": os.uname().nodename, "config": "x"}))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(alive / "config.yaml")])
+    try:
+        launchers.write_json(alive / "launch.json", {"pid": holder.pid, "host": os.uname().nodename,
+                                                     "config": str(alive / "config.yaml")})
+        summary = sweep(study_file)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert summary.launched == [dead.name] and summary.busy == [alive.name]
+    assert (dead / "attempts.txt").read_text().splitlines()[-1] == "resume=True"
+
+
+def test_corrupt_files_mark_one_run_damaged_and_rerun_it(fake_trainer, study_file, tmp_path):
+    sweep(study_file)
+    out = tmp_path / "out"
+    runs = sorted((out / "runs").iterdir())
+    (runs[0] / "status.json").write_text("{not json")
+    (runs[1] / "metrics.csv").write_bytes(b"\x00\x17garbage;;\nepoch\nx\n")
+    untouched = {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[2:]}
+    _, _, failures = collect(out)
+    assert {f["hash"]: f["status"] for f in failures} == {runs[0].name: "damaged", runs[1].name: "damaged"}
+    summary = sweep(study_file)
+    assert sorted(d["hash"] for d in summary.damaged) == sorted([runs[0].name, runs[1].name])
+    assert sorted(summary.launched) == sorted([runs[0].name, runs[1].name]) and summary.ok
+    assert len(list((out / "damaged").iterdir())) == 2
+    assert {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[2:]} == untouched
+    assert set(statuses(out).values()) == {"finished"}
+
+
+def test_out_of_another_study_is_refused_unless_forced(fake_trainer, study_file, tmp_path):
+    sweep(study_file)
+    other = write_study(tmp_path / "other.yaml", name="other", grid={"seed": [5]})
+    with pytest.raises(OutputError, match="holds study 'tiny', not 'other'.*--force"):
+        sweep(other, out=tmp_path / "out")
+    assert sweep(other, out=tmp_path / "out", force=True).ok
+    (tmp_path / "out" / "study.json").write_text("[")
+    with pytest.raises(OutputError, match="unreadable"):
+        sweep(other, out=tmp_path / "out")
+
+
+def test_collect_rebuild_equals_the_incremental_store(fake_trainer, study_file, tmp_path):
+    out = tmp_path / "out"
+    sweep(study_file, jobs=2)
+    incremental = [(out / f).read_text() for f in ("results.csv", "curves.csv")]
+    for f in ("results.csv", "curves.csv"):
+        (out / f).unlink()
+    results, curves, failures = collect(out)
+    assert [(out / f).read_text() for f in ("results.csv", "curves.csv")] == incremental
+    assert len(results) == 6 and len(curves) == 18 and failures == []
+    assert sweep(study_file, collect_only=True).ok
+
+
+def test_collect_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(OutputError, match="no runs/ directory"):
+        collect(tmp_path)
+
+
+def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(launchers, "visible_gpus", lambda: ["0", "1"])
+    sweep(study_file, jobs=2)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(results["gpu"].astype(str)) == {"0", "1"}
+
+
+def test_slurm_launcher_with_submitit_debug_executor(fake_trainer, study_file, tmp_path):
+    summary = sweep(study_file, launcher="slurm", slurm={"cluster": "debug", "partition": "gpu", "time_min": 5})
+    assert summary.ok and len(summary.finished) == 6
+    assert (tmp_path / "out" / "slurm").is_dir()
+    launch = json.loads(next((tmp_path / "out" / "runs").glob("*/launch.json")).read_text())
+    assert str(launch["slurm_job_id"]).startswith("DEBUG_")
+
+
+def test_sigkill_of_the_sweep_marks_nothing_finished_that_did_not_finish(fake_trainer, study_file, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys
+        from replast import experiment, launchers
+        launchers.finetune_command = lambda c: [sys.executable, {str(fake_trainer)!r}, "--config", str(c)]
+        launchers.visible_gpus = lambda: []
+        experiment.sweep({str(study_file)!r}, jobs=2)
+    """))
+    proc = subprocess.Popen([sys.executable, str(driver)], env={**os.environ, "FAKE_SLEEP": "1.5"})
+    out = tmp_path / "out"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob("runs/*/attempts.txt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # orphaned trainers finish or not; either way they alone decide `finished`
+    states = statuses(out)
+    assert set(states.values()) != {"finished"}  # the kill did land mid-sweep
+    for run, state in states.items():
+        assert state != "finished" or (out / "runs" / run / "final.json").exists()
+    summary = sweep(study_file)
+    assert summary.ok and set(statuses(out).values()) == {"finished"}
+
+
+# ---- the real pipeline ---------------------------------------------------------------------------
+def _pipeline_ready() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("replast.pipeline", "replast.data", "replast.models"))
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    """The real `replast finetune` subprocesses on the shipped smoke study, then the report."""
+    if not _pipeline_ready():
+        pytest.fail("replast.pipeline, replast.data or replast.models is missing; the smoke study cannot run")
+    started = time.perf_counter()
+    summary = sweep("smoke", out=tmp_path / "smoke", jobs=2)
+    elapsed = time.perf_counter() - started
+    assert summary.ok, str(summary)
+    results = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert len(results) == 4 and results["test_acc"].between(0, 1).all()
+    assert sorted(results["reinit.strategy"]) == ["none", "none", "targeted", "targeted"]
+    assert len(pd.read_csv(tmp_path / "smoke" / "curves.csv")) == 4 * 2
+    assert sweep("smoke", out=tmp_path / "smoke").launched == []
+    from replast.report import render
+
+    render(tmp_path / "smoke")
+    md = (tmp_path / "smoke" / "report.md").read_text()
+    assert "## synthetic × mobilenetv2_050" in md and "| targeted | 2 |" in md
+    assert elapsed < 90, f"smoke study took {elapsed:.0f} s; it must stay well under a minute on an idle CPU"

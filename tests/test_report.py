@@ -1,0 +1,181 @@
+"""The report on fake run directories with known numbers: tables, sentences, figures, failures, and a
+headless-Chromium check that report.html shows every image without console errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from replast.config import FinetuneConfig
+from replast.experiment import config_hash, unflatten
+from replast.report import render
+from replast.report.summary import sentence
+from replast.report.tables import arm_table
+
+CHROMIUM = "/usr/bin/chromium"
+BASE = {0: 0.80, 1: 0.82, 2: 0.84}  # test accuracy of `none` per seed
+# Extra accuracy per arm and seed: +5 pp for every seed, noise around 0, and a clear loss.
+ARMS = {
+    "none": ({}, {0: 0.0, 1: 0.0, 2: 0.0}),
+    "targeted (fraction=0.1)": ({"reinit.strategy": "targeted", "reinit.fraction": 0.1}, {0: 0.05, 1: 0.05, 2: 0.05}),
+    "targeted (fraction=0.3)": ({"reinit.strategy": "targeted", "reinit.fraction": 0.3}, {0: 0.01, 1: -0.01, 2: 0.0}),
+    "linear-probe": ({"train.mode": "linear-probe"}, {0: -0.20, 1: -0.18, 2: -0.22}),
+}
+
+
+def write_run(out: Path, overrides: dict, acc: float, curve: list[float], status: str = "finished",
+              plasticity: bool = False) -> str:
+    config = FinetuneConfig.from_dict(unflatten({"epochs": len(curve), **overrides})).to_dict()
+    run_hash = config_hash(config)
+    run = out / "runs" / run_hash
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "out": str(run)}))
+    (run / "status.json").write_text(json.dumps({"status": status, "updated": "t", "reason": "CUDA OOM"}))
+    rows = [{"epoch": e + 1, "step": 10 * (e + 1), "lr": 0.01, "train_loss": 1.0, "train_acc": v, "val_loss": 1 - v,
+             "val_acc": v, "val_balanced_acc": v, "val_f1": v, "epoch_time_s": 2.0,
+             **({"plasticity_dormant_fraction": 0.3 - 0.05 * e, "plasticity_feature_rank": 10.0 + e}
+                if plasticity else {})} for e, v in enumerate(curve)]
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    if status == "finished":
+        (run / "final.json").write_text(json.dumps({
+            "test_acc": acc, "test_balanced_acc": acc, "test_f1": acc, "test_loss": 1 - acc,
+            "best_val_acc": max(curve), "best_epoch": int(np.argmax(curve)) + 1, "wall_time_s": 7.0,
+            "reinit_time_s": 0.5 if overrides.get("reinit.strategy") else 0.0, "epoch_time_s": 2.0,
+            "epochs": len(curve)}))
+    return run_hash
+
+
+@pytest.fixture
+def study_out(tmp_path) -> Path:
+    out = tmp_path / "out"
+    for data in ("br35h", "fashion-mnist"):
+        for overrides, extra in ARMS.values():
+            for seed, base in BASE.items():
+                acc = round(base + extra[seed], 4)
+                curve = [round(acc - 0.2, 4), round(acc - 0.1, 4), acc] if not overrides else \
+                        [round(acc - 0.05, 4), acc, acc]
+                write_run(out, {"data": data, "seed": seed, "train.track_plasticity": 5, **overrides}, acc, curve,
+                          plasticity=True)
+    write_run(out, {"data": "br35h", "seed": 9, "reinit.strategy": "redo"}, 0.0, [0.5], status="failed:crash")
+    (out / "study.json").write_text(json.dumps({"name": "fake", "hash": "x"}))
+    return out
+
+
+def test_arm_table_known_answers(study_out):
+    render(study_out)
+    summary = pd.read_csv(study_out / "report" / "summary.csv")
+    table = summary[summary["condition"] == "br35h × mobilenetv2_100"].set_index("arm")
+    assert list(table.index) == ["none", "linear-probe", "targeted (fraction=0.1)", "targeted (fraction=0.3)"]
+    t01 = table.loc["targeted (fraction=0.1)"]
+    assert (t01["delta"], t01["delta_low"], t01["delta_high"]) == pytest.approx((0.05, 0.05, 0.05))
+    assert t01["p_holm"] == 0.0 and t01["n"] == 3
+    assert table.loc["none", "acc"] == pytest.approx(0.82)
+    # baseline target = mean final val acc of none = 0.82: none reaches it at epoch 3 in 2 of 3 seeds;
+    # targeted 0.1 (curves 0.80/0.82/0.84, 0.85/0.87/0.89, ...) at epochs 2, 1, 1 -> speed-up 3 / (4/3)
+    assert table.loc["none", "epochs_to_100"] == 3 and table.loc["none", "reached_100"] == 2
+    assert t01["epochs_to_100"] == pytest.approx(4 / 3) and t01["speedup"] == pytest.approx(2.25)
+    assert t01["epochs_to_95"] == 1  # 0.95 * 0.82 = 0.779
+    assert t01["overhead_pct"] == pytest.approx(25.0)
+    assert np.isnan(table.loc["linear-probe", "epochs_to_100"])
+    runs = pd.read_csv(study_out / "report" / "runs.csv")
+    assert {"arm", "condition", "epochs_to_95", "epochs_to_100"} <= set(runs.columns) and len(runs) == 24
+
+
+def test_sentence_states_only_what_the_numbers_show(study_out):
+    render(study_out)
+    md = (study_out / "report.md").read_text()
+    assert "targeted (fraction=0.1) is higher than none by +5.0 pp (95% CI [+5.0, +5.0], Holm p < 0.001)" in md
+    assert "linear-probe is lower than none by -20.0 pp" in md
+    assert "No significant difference from none for targeted (fraction=0.3)" in md
+    assert md.count("Highest mean test accuracy: targeted (fraction=0.1) (87.0%, n=3).") == 2
+
+
+def test_sentence_without_baseline_or_pairs():
+    runs = pd.DataFrame({"arm": ["a", "a", "none"], "seed": [0, 1, 0], "test_acc": [0.5, 0.6, 0.4]})
+    text = sentence(arm_table(runs), has_baseline=True)
+    assert "Not testable (fewer than 2 seeds paired with none): a." in text
+    text = sentence(arm_table(runs[runs["arm"] == "a"]), has_baseline=False)
+    assert "No finished baseline run" in text and "Highest mean test accuracy: a (55.0%, n=2)." in text
+
+
+def test_report_files_figures_and_failures(study_out):
+    paths = render(study_out)
+    assert [p.name for p in paths] == ["report.md", "report.html"]
+    md = (study_out / "report.md").read_text()
+    assert md.count("## br35h × mobilenetv2_100") == 1 and md.count("## fashion-mnist × mobilenetv2_100") == 1
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {Path(f).name.split("-", 1)[1] for f in figures} == {"curves.png", "fraction.png", "plasticity.png"}
+    assert len(figures) == 6 and all((study_out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert "## Failed and unfinished runs" in md and "failed:crash" in md and "CUDA OOM" in md
+    html = (study_out / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 6 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing outside the file
+
+
+def test_report_from_results_csv_alone_and_with_nothing_finished(study_out, tmp_path):
+    from replast.experiment import collect
+
+    collect(study_out)
+    alone = tmp_path / "copy"
+    alone.mkdir()
+    for name in ("results.csv", "curves.csv", "study.json"):
+        shutil.copy(study_out / name, alone / name)
+    render(alone)
+    assert "targeted (fraction=0.1) is higher" in (alone / "report.md").read_text()
+    empty = tmp_path / "empty"
+    write_run(empty, {"seed": 0}, 0.0, [0.1], status="failed:nonfinite")
+    render(empty)
+    text = (empty / "report.md").read_text()
+    assert "No finished runs yet" in text and "failed:nonfinite" in text
+
+
+CHECK_SCRIPT = """<img id="canary" src="data:image/png;base64,AAAA"><script>
+console.error("canary-console");
+window.addEventListener("load", () => {
+  const r = [...document.images].map(i => ({id: i.id, ok: i.complete && i.naturalWidth > 0}));
+  const d = document.createElement("pre"); d.id = "img-check"; d.textContent = JSON.stringify(r);
+  document.body.appendChild(d);
+});</script>"""
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make install` (it installs the chromium package)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_html_in_headless_chromium(study_out, tmp_path):
+    render(study_out)
+    html = (study_out / "report.html").read_text()
+    probe = tmp_path / "probe.html"
+    # The canaries prove the checks work: one broken image and one console message must be detected.
+    probe.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>"))
+    done = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+                     probe.as_uri())
+    found = re.search(r'<pre id="img-check">(.*?)</pre>', done.stdout)
+    assert found, f"page never finished loading: {done.stderr[-2000:]}"
+    images = json.loads(found.group(1))
+    assert [i for i in images if not i["ok"]] == [{"id": "canary", "ok": False}]
+    assert len(images) == 7
+    console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert len(console) == 1 and "canary-console" in console[0], console
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, "--hide-scrollbars", "--window-size=1200,1600", f"--screenshot={shot}",
+              (study_out / "report.html").as_uri())
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (1600, 1200) and pixels.std() > 0.05  # text and plots, not a blank page

@@ -1,0 +1,125 @@
+"""Training loop guarantees on CPU: determinism, exact resume after SIGKILL/SIGTERM, non-finite policy,
+linear probing, and DDP (2 gloo processes) equal to one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from replast.checkpoint import load_checkpoint
+
+BASE = ["--model", "convnext_atto", "--weights", "none", "--data", "synthetic", "--image_size", "32",
+        "--batch_size", "8", "--seed", "3", "--deterministic", "true", "--accelerator", "cpu"]
+
+
+def replast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "replast", "finetune", *map(str, args)], capture_output=True,
+                            text=True, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    wa, wb = final_state(a), final_state(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key].float(), wb[key].float(), atol=atol, rtol=0), key
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "final.json").read_text())
+
+
+def test_same_seed_same_result(tmp_path):
+    for name in ("a", "b"):
+        replast(*BASE, "--epochs", "2", "--out", tmp_path / name)
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert metrics(tmp_path / "a")["test_acc"] == metrics(tmp_path / "b")["test_acc"]
+    assert (tmp_path / "a" / "metrics.csv").read_text() .split("\n")[1].split(",")[3] == \
+        (tmp_path / "b" / "metrics.csv").read_text().split("\n")[1].split(",")[3]
+
+
+def _start(args: list, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "replast", "finetune", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _wait_for_epochs(out: Path, process: subprocess.Popen, epochs: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    csv = out / "metrics.csv"
+    while time.time() < deadline:
+        if csv.exists() and len(csv.read_text().strip().splitlines()) > epochs:
+            return
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    raise AssertionError("run did not reach the epoch in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_identical_result(tmp_path, sig):
+    args = [*BASE, "--epochs", "4", "--reinit.strategy", "targeted", "--reinit.batches", "2"]
+    replast(*args, "--out", tmp_path / "straight")
+    process = _start(args, tmp_path / "killed")
+    _wait_for_epochs(tmp_path / "killed", process, 1)
+    time.sleep(0.3)  # into the second epoch
+    process.send_signal(sig)
+    process.wait(timeout=120)
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())["status"]
+    assert status in ("running", "interrupted")  # never "finished"
+    assert not (tmp_path / "killed" / "final.json").exists()
+    replast(*args, "--out", tmp_path / "killed", "--resume", "true")
+    assert_same_weights(tmp_path / "straight", tmp_path / "killed")
+    assert metrics(tmp_path / "straight")["test_acc"] == metrics(tmp_path / "killed")["test_acc"]
+
+
+def test_nonfinite_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):
+    result = replast(*BASE, "--epochs", "2", "--train.lr", "1e30", "--out", tmp_path / "nan", check=False)
+    assert result.returncode == 1
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["status"] == "failed:nonfinite" and status["step"] >= 1
+    assert not (tmp_path / "nan" / "final.json").exists()
+    raised = replast(*BASE, "--epochs", "1", "--train.lr", "1e30", "--train.on_nonfinite", "raise",
+                     "--out", tmp_path / "raise", check=False)
+    assert raised.returncode == 2 and "NaN/Inf" in raised.stderr and "Traceback" not in raised.stderr
+
+
+def test_linear_probe_changes_only_the_head(tmp_path):
+    replast(*BASE, "--epochs", "1", "--train.mode", "linear-probe", "--out", tmp_path / "probe")
+    trained = final_state(tmp_path / "probe")
+    from replast.loading import load_model_and_data
+
+    torch.manual_seed(3)
+    fresh, _ = load_model_and_data("convnext_atto", "synthetic", weights="none", image_size=32, seed=3)
+    changed = {k for k, v in fresh.state_dict().items() if not torch.equal(v, trained[k])}
+    assert changed and all(k.startswith("head.fc") for k in changed), changed
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    common = [*BASE, "--epochs", "2", "--train.augment", "false", "--reinit.strategy", "targeted",
+              "--reinit.utility", "magnitude", "--reinit.batches", "2"]
+    common[common.index("--batch_size") + 1] = "4"
+    replast(*common, "--devices", "2", "--strategy", "ddp", "--out", tmp_path / "ddp")
+    single = list(common)
+    single[single.index("--batch_size") + 1] = "8"
+    replast(*single, "--out", tmp_path / "single")
+    # Gradients are averaged over ranks instead of one batch: equal up to float summation order.
+    assert_same_weights(tmp_path / "ddp", tmp_path / "single", atol=1e-4)
+    a, b = metrics(tmp_path / "ddp"), metrics(tmp_path / "single")
+    assert a["world_size"] == 2 and b["world_size"] == 1
+    assert abs(a["test_acc"] - b["test_acc"]) < 1e-6
+    assert len(set(a["mask_digests"])) == 1 and a["mask_digests"][0] == b["mask_digests"][0]
