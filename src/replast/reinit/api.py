@@ -1,0 +1,99 @@
+"""`restore_plasticity(model, batches, ...)`: re-initialize a targeted subset of a model, in place.
+
+    report = restore_plasticity(model, train_batches, strategy="targeted", utility="taylor",
+                                selection="per-layer", fraction=0.1, scheme="init")
+Options are validated before the model is touched; returns a ReinitReport (rows, masks, timings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from replast.reinit import distributed, strategies, utilities  # noqa: F401  (strategies, utilities register)
+from replast.reinit.edits import apply_edits, expand
+from replast.reinit.engine import Scored, generators, score
+from replast.reinit.init_rules import family_of
+from replast.reinit.options import Options, make_options, validate
+from replast.reinit.registry import SCHEMES, SELECTIONS, STRATEGIES
+from replast.reinit.report import ReinitReport
+from replast.reinit.rows import build_rows
+from replast.reinit.selection import SelectionInput
+from replast.reinit.target import Target, resolve_target
+
+
+def restore_plasticity(
+    model: nn.Module, data: Iterable, /, strategy: str = "targeted", utility: str = "taylor",
+    selection: str = "per-layer", fraction: float = 0.1, scheme: str = "init",
+    exclude: str | Sequence[str] = ("head",), seed: int = 0, *, threshold: float = 0.1, layers: int = 1,
+    level: str = "weight", zero_outgoing: bool = False, batches: int = 8, shrink: float = 0.4,
+    perturb: float = 0.1, scope: str | Mapping[str, float] = "all", include: str | Sequence[str] = (),
+    **options: Any,
+) -> ReinitReport:
+    """Re-initialize part of `model` in place and report what changed.
+
+    `data` yields (x, y) batches on any device (only the first `batches` are read, and only when the
+    utility or unit pairing needs them). Keyword names are the fields of ReinitConfig, so
+    `restore_plasticity(model, loader, **asdict(cfg.reinit))` works; lr_scale, lr_warmup_steps and
+    schedule are accepted and ignored (the trainer uses them). The model's train/eval modes and
+    requires_grad flags are restored and its gradients cleared.
+    """
+    opts = make_options(
+        strategy=strategy, utility=utility, selection=selection, fraction=float(fraction), scheme=scheme,
+        exclude=exclude, seed=int(seed), threshold=float(threshold), layers=int(layers), level=level,
+        zero_outgoing=bool(zero_outgoing), batches=int(batches), shrink=float(shrink), perturb=float(perturb),
+        scope=scope, include=include, **options)
+    plan = STRATEGIES.get(opts.strategy)(opts)
+    if plan is None or (isinstance(plan.scope, Mapping) and not plan.scope):
+        return ReinitReport(opts.strategy, opts.to_dict())  # auto-scope chose no layer: do no harm
+    return _run(model, data, validate(plan))
+
+
+def utility_scores(model: nn.Module, data: Iterable, utility: str = "taylor", *, level: str = "weight",
+                   batches: int = 8, exclude: str | Sequence[str] = ("head",),
+                   include: str | Sequence[str] = (), seed: int = 0) -> dict[str, Tensor]:
+    """Scores of every eligible layer without changing it ({layer name: scores}; low = candidate)."""
+    o = make_options(utility=utility, level=level, batches=batches, exclude=exclude, include=include, seed=seed)
+    target = resolve_target(model, o)
+    scored, _ = score(model, data, target, o, generators(seed)[0])
+    return dict(zip(target.layers, scored.scores, strict=True))
+
+
+def _select(target: Target, scored: Scored, o: Options) -> list[Tensor]:
+    spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks)
+    return SELECTIONS.get(o.selection)(scored.scores, spec)
+
+
+def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
+    start = perf_counter()
+    target = resolve_target(model, o)
+    score_gen, value_gen = generators(o.seed)
+    scored, seconds = score(model, data, target, o, score_gen)
+    t_select = perf_counter()
+    masks = _select(target, scored, o)
+    modules = dict(model.named_modules())
+    edits = expand(target.layers, masks, scored.levels, scored.unit_maps, modules, o.zero_outgoing)
+    params = dict(model.named_parameters())
+    touched = [n for n in params if n in edits.reset or n in edits.zero] + [
+        f"{bn}.{k}" for bn in edits.bn for k in ("weight", "bias") if f"{bn}.{k}" in params]
+    wanted = {f"{n}.weight" for n in target.layers} | set(touched)
+    watched = [n for n in params if n in wanted]
+    before = {n: float(params[n].detach().float().norm()) for n in watched}
+    written = apply_edits(model, edits, SCHEMES.get(o.scheme), o.shrink, o.perturb, family_of(model), value_gen)
+    distributed.broadcast_from_rank0([params[n] for n in written] + _bn_buffers(modules, edits.bn))
+    end = perf_counter()
+    report = ReinitReport(o.strategy, o.to_dict(), total_time_s=end - start,
+                          utility_time_s=seconds["utility"],
+                          select_time_s=seconds["scoring"] + (end - t_select), n_batches=scored.n_batches)
+    report.masks = {n: written.get(n, torch.zeros_like(params[n], dtype=torch.bool)) for n in watched}
+    report.rows = build_rows(target.layers, scored, o.level, report.masks, before,
+                             {n: float(params[n].detach().float().norm()) for n in watched}, edits.notes)
+    return report
+
+
+def _bn_buffers(modules: dict[str, nn.Module], bns: Mapping[str, Tensor]) -> list[Tensor]:
+    return [b for name in bns for b in (modules[name].running_mean, modules[name].running_var) if b is not None]

@@ -1,0 +1,93 @@
+"""Which layers may be re-initialized: Conv/Linear weights, minus the head and `exclude` patterns.
+
+Also defines "blocks" for the top-layers / bottom-layers selections. Pure functions of a model;
+layer identity is the `named_modules()` name everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+from replast.errors import ConfigError
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+HEAD_ALIAS = "head"
+
+
+def is_weighted(module: nn.Module) -> bool:
+    """A Conv/Linear with a materialized weight (lazy modules are skipped)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, WEIGHTED) and isinstance(weight, nn.Parameter) and weight.dim() > 0 \
+        and not isinstance(weight, nn.parameter.UninitializedParameter)
+
+
+def head_name(model: nn.Module) -> str | None:
+    """The classification head: timm's pretrained_cfg['classifier'], torchvision MobileNetV2's
+    `classifier.1`, else the last nn.Linear. Works when the classifier is wrapped (e.g. `model.`)."""
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("classifier"), str):
+            return dot + cfg["classifier"]
+        if any(c.__module__ == "torchvision.models.mobilenetv2" and c.__name__ == "MobileNetV2"
+               for c in type(module).__mro__):
+            return dot + "classifier.1"
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    """A pattern matches a module or any of its ancestors, so 'blocks.0' covers its layers."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatchcase(p, pat) for pat in patterns for p in prefixes)
+
+
+def resolve_patterns(model: nn.Module, patterns: Sequence[str], what: str) -> list[str]:
+    """Replace the 'head' alias by the head's name; warn for patterns that match no module."""
+    names = [n for n, _ in model.named_modules() if n]
+    out = []
+    for pattern in patterns:
+        if pattern == HEAD_ALIAS and HEAD_ALIAS not in names:
+            head = head_name(model)
+            if head is None:
+                warnings.warn("exclude 'head': the model has no nn.Linear head to exclude", stacklevel=4)
+                continue
+            pattern = head
+        if not any(_matches(n, [pattern]) for n in names):
+            warnings.warn(f"{what} pattern {pattern!r} matches no module of the model", stacklevel=4)
+        out.append(pattern)
+    return out
+
+
+def candidate_layers(model: nn.Module, exclude: Sequence[str]) -> list[str]:
+    """All weighted layers not excluded (before include/scope), in named_modules order."""
+    return [n for n, m in model.named_modules() if is_weighted(m) and not _matches(n, exclude)]
+
+
+def eligible_layers(model: nn.Module, exclude: Sequence[str], include: Sequence[str],
+                    scope: str | Mapping[str, float]) -> list[str]:
+    """Layers the selection may touch; raises ConfigError when there are none."""
+    layers = candidate_layers(model, exclude)
+    if include:
+        layers = [n for n in layers if _matches(n, include)]
+    if isinstance(scope, Mapping):
+        unknown = sorted(set(scope) - set(candidate_layers(model, exclude)))
+        if unknown:
+            raise ConfigError(f"scope names layers that are not eligible Conv/Linear layers: {unknown}; "
+                              "use names from model.named_modules() that are not excluded")
+        layers = [n for n in layers if n in scope]
+    if not layers:
+        raise ConfigError("no eligible layers: every Conv/Linear layer is excluded or outside include/scope; "
+                          "loosen exclude/include/scope")
+    return layers
+
+
+def is_protected(name: str, exclude: Sequence[str]) -> bool:
+    """Excluded modules are never modified, not even as a unit's BatchNorm or outgoing layer."""
+    return _matches(name, exclude)

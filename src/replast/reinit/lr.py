@@ -1,0 +1,126 @@
+"""Learning rate of re-initialized weights, and the `every:K` re-application schedule.
+
+    scaler = UpdateScaler(optimizer, report.masks, scale=10, warmup_steps=100, model=model)
+    with scaler:
+        optimizer.step()          # or: scaler.step()
+The UPDATE (new − old) of reset entries is multiplied, not the gradient: Adam would normalize a
+scaled gradient away. Weight decay is part of the update and is scaled with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from replast.errors import ConfigError
+
+
+def resolve_masks(masks: Any, model: nn.Module | None) -> dict[Tensor, Tensor]:
+    """{parameter: bool mask} from {name: mask} (+ model), {parameter: mask} or a ReinitReport."""
+    masks = getattr(masks, "masks", masks)
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks must be a mapping or a ReinitReport, got {type(masks).__name__}")
+    if not all(isinstance(k, str) for k in masks):
+        return {p: m for p, m in masks.items() if bool(m.any())}
+    if model is None:
+        raise ConfigError("masks are keyed by parameter name: pass model=... to resolve them")
+    params = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise ConfigError(f"masks name parameters the model does not have: {unknown[:5]}")
+    return {params[n]: m.to(params[n].device) for n, m in masks.items() if bool(m.any())}
+
+
+class UpdateScaler:
+    """Multiply the optimizer's update of reset entries by k; other entries are untouched.
+
+    Warm-up: step t (0-based) uses k_t = 1 + (k − 1)·min(1, (t + 1) / warmup_steps), a linear ramp
+    that reaches k on step `warmup_steps`; warmup_steps=0 applies k from the first step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, masks: Any, scale: float,
+                 warmup_steps: int = 0, *, model: nn.Module | None = None) -> None:
+        if scale <= 0 or warmup_steps < 0:
+            raise ConfigError(f"scale={scale} must be > 0 and warmup_steps={warmup_steps} >= 0")
+        self.optimizer, self.scale, self.warmup_steps = optimizer, float(scale), int(warmup_steps)
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.masks = {p: m for p, m in resolve_masks(masks, model).items() if id(p) in in_optimizer}
+        self.steps = 0
+        self._old: dict[Tensor, Tensor] | None = None
+
+    def factor(self) -> float:
+        """k for the next step."""
+        if self.warmup_steps == 0:
+            return self.scale
+        return 1.0 + (self.scale - 1.0) * min(1.0, (self.steps + 1) / self.warmup_steps)
+
+    def __enter__(self) -> UpdateScaler:
+        active = self.scale != 1.0
+        self._old = {p: p.detach().clone() for p in self.masks} if active else {}
+        return self
+
+    @torch.no_grad()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        old, self._old = self._old or {}, None
+        if exc_type is not None:
+            return
+        k = self.factor()
+        for p, before in old.items():
+            update = p.detach() - before
+            p.copy_(torch.where(self.masks[p], before + k * update, p.detach()))
+        self.steps += 1
+
+    def step(self, closure: Callable | None = None) -> Any:
+        with self:
+            return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+
+
+@torch.no_grad()
+def clear_optimizer_state(optimizer: torch.optim.Optimizer, masks: Any, *,
+                          model: nn.Module | None = None) -> int:
+    """Zero momentum / Adam moments of reset entries (any per-entry state tensor); returns the number
+    of state tensors touched. Adam's per-parameter step count is shared by all entries and kept."""
+    touched = 0
+    for p, mask in resolve_masks(masks, model).items():
+        for value in optimizer.state.get(p, {}).values():
+            if isinstance(value, Tensor) and value.shape == p.shape:
+                value.masked_fill_(mask.to(value.device), 0)
+                touched += 1
+    return touched
+
+
+@dataclass(frozen=True)
+class ReinitSchedule:
+    """When to re-initialize: once before fine-tuning, or every K optimizer steps."""
+
+    every: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ReinitSchedule:
+        if text == "once":
+            return cls(None)
+        head, _, k = str(text).partition(":")
+        if head == "every" and k.isdigit() and int(k) > 0:
+            return cls(int(k))
+        raise ConfigError(f"schedule={text!r}: use 'once' or 'every:K' with K > 0")
+
+    @property
+    def once(self) -> bool:
+        return self.every is None
+
+    def due(self, step: int) -> bool:
+        """True at optimizer steps K, 2K, ... (never at step 0: the initial reset is separate)."""
+        return self.every is not None and step > 0 and step % self.every == 0
+
+    def __str__(self) -> str:
+        return "once" if self.every is None else f"every:{self.every}"

@@ -1,0 +1,88 @@
+"""Selections: pure functions from per-layer scores to per-layer boolean masks (True = reset).
+
+Counts are exact: per-layer and global take the k = round(p·n) lowest scores with `topk`, so ties
+never change the count. `threshold` and `global` compare scores normalized by the layer mean.
+top-layers / bottom-layers ignore scores and take whole blocks (see `blocks`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from replast.reinit.registry import register_selection
+
+TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """Per-layer lists align with the score list; `blocks[i]` is layer i's block index."""
+
+    fractions: Sequence[float]
+    fraction: float = 0.1
+    threshold: float = 0.1
+    layers: int = 1
+    blocks: Sequence[int] = ()
+    n_blocks: int = 1
+
+
+def count(fraction: float, n: int) -> int:
+    """round(p·n), halves up, so p=0.5 of 3 is 2 everywhere (Python's round would give 2 or 1)."""
+    return min(n, int(math.floor(fraction * n + 0.5)))
+
+
+def lowest(scores: Tensor, k: int) -> Tensor:
+    """Bool mask (scores' shape) of the k lowest scores."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask[torch.topk(scores.flatten().float(), k, largest=False, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+def normalized(scores: Tensor) -> Tensor:
+    """score / layer mean (ReDo's normalization); an all-zero layer normalizes to all zeros."""
+    scores = scores.float()
+    return scores / scores.mean().clamp_min(TINY)
+
+
+@register_selection("per-layer")
+def per_layer(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
+    """the fraction p (per layer, from scope) of lowest scores of each layer"""
+    return [lowest(s, count(p, s.numel())) for s, p in zip(scores, spec.fractions, strict=True)]
+
+
+@register_selection("global")
+def global_(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
+    """the fraction p of lowest layer-normalized scores over all layers together"""
+    flat = torch.cat([normalized(s).flatten().to(scores[0].device) for s in scores])
+    mask = lowest(flat, count(spec.fraction, flat.numel()))
+    parts = mask.split([s.numel() for s in scores])
+    return [m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)]
+
+
+@register_selection("threshold")
+def threshold(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
+    """every score with score / layer mean <= tau (ReDo)"""
+    return [normalized(s) <= spec.threshold for s in scores]
+
+
+def _blocks(scores: Sequence[Tensor], chosen: set[int], spec: SelectionInput) -> list[Tensor]:
+    ids = spec.blocks
+    return [torch.full_like(s, b in chosen, dtype=torch.bool) for s, b in zip(scores, ids, strict=True)]
+
+
+@register_selection("top-layers")
+def top_layers(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
+    """every weight of the last L blocks (nearest the head)"""
+    return _blocks(scores, set(range(spec.n_blocks - spec.layers, spec.n_blocks)), spec)
+
+
+@register_selection("bottom-layers")
+def bottom_layers(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
+    """every weight of the first L blocks (nearest the input)"""
+    return _blocks(scores, set(range(spec.layers)), spec)

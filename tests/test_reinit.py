@@ -1,0 +1,331 @@
+"""Registry-driven tests of restore_plasticity: every utility × selection × scheme × level on a tiny
+CNN changes exactly the selected entries, is reproducible, and leaves the head alone."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from replast.errors import ConfigError, UnknownNameError
+from replast.reinit import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES, restore_plasticity
+from replast.reinit.selection import count
+
+HEAD = "9"
+LAYERS = ["0", "3", "7"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two shared cores: BLAS threads fighting other processes are 100× slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(seed: int = 0) -> nn.Sequential:
+    """conv→BN→ReLU→conv→ReLU→pool→linear→ReLU→head, BN stats away from their defaults."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    bn = model[1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def batches(n: int = 2, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)]
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_only_masked_changed(before: dict, model: nn.Module, masks: dict) -> None:
+    """Entries in a mask changed, every other parameter entry and buffer is bit-identical."""
+    after = model.state_dict()
+    for name, old in before.items():
+        new = after[name]
+        if name in masks:
+            assert torch.equal(new != old, masks[name]), name
+        elif name.endswith(("running_mean", "running_var")):
+            bn = name.rpartition(".")[0]
+            channels = masks.get(f"{bn}.weight", torch.zeros_like(old, dtype=torch.bool))
+            assert torch.equal(new[~channels], old[~channels]), name
+        else:
+            assert torch.equal(new, old), name
+
+
+COMBOS = [(u, s, k) for u in UTILITIES.names() for s in SELECTIONS.names() for k in SCHEMES.names()]
+
+
+@pytest.mark.parametrize("level", ["weight", "unit"])
+@pytest.mark.parametrize(("utility", "selection", "scheme"), COMBOS)
+def test_only_selected_entries_change(utility: str, selection: str, scheme: str, level: str) -> None:
+    model = tiny()
+    before = snapshot(model)
+    report = restore_plasticity(model, batches(), utility=utility, selection=selection, fraction=0.3,
+                                scheme=scheme, threshold=0.8, level=level, zero_outgoing=level == "unit")
+    assert_only_masked_changed(before, model, report.masks)
+    assert torch.equal(model[9].weight, before["9.weight"]) and torch.equal(model[9].bias, before["9.bias"])
+    rows = {r.param: r for r in report.rows}
+    if selection != "threshold":
+        assert report.n_reset > 0
+    assert all(rows[f"{n}.weight"].n_reset == int(report.masks[f"{n}.weight"].sum()) for n in LAYERS)
+    if level == "weight" and selection == "per-layer":
+        assert [rows[f"{n}.weight"].n_reset for n in LAYERS] == [
+            count(0.3, model[int(n)].weight.numel()) for n in LAYERS]
+    if level == "weight" and selection == "global":
+        assert sum(rows[f"{n}.weight"].n_reset for n in LAYERS) == count(0.3, sum(
+            model[int(n)].weight.numel() for n in LAYERS))
+
+
+@pytest.mark.parametrize("level", ["weight", "unit"])
+@pytest.mark.parametrize("scheme", SCHEMES.names())
+@pytest.mark.parametrize("utility", UTILITIES.names())
+def test_seed_reproduces_and_differs(utility: str, scheme: str, level: str) -> None:
+    def run(seed: int) -> tuple[dict, dict]:
+        model = tiny()
+        report = restore_plasticity(model, batches(), utility=utility, fraction=0.5, scheme=scheme,
+                                    level=level, seed=seed)
+        return snapshot(model), report.masks
+
+    (a, masks_a), (b, masks_b), (c, masks_c) = run(0), run(0), run(1)
+    if utility == "random":
+        assert any(not torch.equal(masks_a[k], masks_c[k]) for k in masks_a)
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(torch.equal(masks_a[k], masks_b[k]) for k in masks_a)
+    random_values = scheme in ("init", "init-matched", "shrink-perturb") or (
+        level == "unit" and scheme == "orthogonal")  # unit level also draws fresh biases
+    if utility == "random" or random_values:
+        assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("selection", ["per-layer", "global"])
+@pytest.mark.parametrize("level", ["weight", "unit"])
+def test_fraction_zero_changes_nothing(selection: str, level: str) -> None:
+    model = tiny()
+    before = snapshot(model)
+    report = restore_plasticity(model, batches(), selection=selection, fraction=0.0, level=level,
+                                zero_outgoing=True)
+    assert report.n_reset == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fraction_one_per_layer_resets_every_eligible_weight() -> None:
+    model = tiny()
+    before = snapshot(model)
+    report = restore_plasticity(model, batches(), utility="magnitude", fraction=1.0)
+    for n in LAYERS:
+        assert bool(report.masks[f"{n}.weight"].all())
+        assert bool((model.state_dict()[f"{n}.weight"] != before[f"{n}.weight"]).all())
+    assert torch.equal(model[9].weight, before["9.weight"])
+
+
+def test_threshold_selection_resets_low_normalized_scores() -> None:
+    model = tiny()
+    w = model[7].weight.detach().abs()
+    report = restore_plasticity(model, batches(), utility="magnitude", selection="threshold", threshold=0.5,
+                                include=("7",))
+    assert torch.equal(report.masks["7.weight"], w / w.mean() <= 0.5)
+
+
+def test_top_and_bottom_layers_take_whole_blocks() -> None:
+    top = restore_plasticity(tiny(), batches(), selection="top-layers", layers=1)
+    bottom = restore_plasticity(tiny(), batches(), selection="bottom-layers", layers=2)
+    # A plain nn.Sequential: each child holding a layer is a block (0, 3, 7; the head is excluded).
+    assert [bool(top.masks[f"{n}.weight"].all()) for n in LAYERS] == [False, False, True]
+    assert [bool(bottom.masks[f"{n}.weight"].all()) for n in LAYERS] == [True, True, False]
+    assert not bottom.masks["7.weight"].any()
+
+
+def test_scope_mapping_gives_per_layer_fractions_and_restricts_layers() -> None:
+    model = tiny()
+    report = restore_plasticity(model, batches(), utility="magnitude", scope={"0": 0.5, "7": 1.0})
+    assert int(report.masks["0.weight"].sum()) == count(0.5, 108)
+    assert bool(report.masks["7.weight"].all())
+    assert "3.weight" not in report.masks
+
+
+def test_empty_scope_mapping_does_nothing() -> None:
+    model = tiny()
+    before = snapshot(model)
+    report = restore_plasticity(model, batches(), strategy="reinit-all", scope={})
+    assert report.n_reset == 0 and report.rows == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_include_and_exclude_patterns() -> None:
+    report = restore_plasticity(tiny(), batches(), utility="magnitude", fraction=1.0, include=("[03]",))
+    assert set(report.masks) == {"0.weight", "3.weight"}
+    report = restore_plasticity(tiny(), batches(), utility="magnitude", fraction=1.0, exclude=("head", "3"))
+    assert set(report.masks) == {"0.weight", "7.weight"}
+    with pytest.warns(UserWarning, match="matches no module"):
+        restore_plasticity(tiny(), batches(), utility="magnitude", exclude=("head", "nothing.*"))
+
+
+def test_head_alias_for_timm_and_torchvision_models() -> None:
+    import timm
+    import torchvision
+
+    from replast.reinit.layers import head_name
+
+    assert head_name(torchvision.models.mobilenet_v2(weights=None, num_classes=3)) == "classifier.1"
+    assert head_name(timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3)) == "classifier"
+    wrapped = nn.Sequential()
+    wrapped.add_module("net", tiny())
+    assert head_name(wrapped) == "net.9"
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"fraction": 1.5}, ConfigError), ({"fraction": -0.1}, ConfigError), ({"threshold": -1.0}, ConfigError),
+    ({"selection": "top-layers", "layers": 4}, ConfigError), ({"utility": "taylr"}, UnknownNameError),
+    ({"strategy": "cbq"}, UnknownNameError), ({"scheme": "zeros"}, UnknownNameError),
+    ({"selection": "perlayer"}, UnknownNameError), ({"include": ("nothing",)}, ConfigError),
+    ({"level": "neuron"}, ConfigError), ({"fractoin": 0.1}, ConfigError), ({"scope": "auto"}, ConfigError),
+    ({"scope": {"nope": 0.1}}, ConfigError),
+])
+def test_bad_options_fail_before_touching_the_model(kwargs: dict, error: type) -> None:
+    model = tiny()
+    before = snapshot(model)
+    with pytest.warns(UserWarning) if "include" in kwargs else _no_warning():
+        with pytest.raises(error):
+            restore_plasticity(model, batches(), **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_unknown_name_lists_valid_and_closest() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'taylor'.*valid: activation"):
+        restore_plasticity(tiny(), batches(), utility="taylr")
+
+
+def test_gradient_utility_without_gradients_is_a_config_error() -> None:
+    model = tiny()
+    before = snapshot(model)
+    with torch.no_grad(), pytest.raises(ConfigError, match="gradients are disabled"):
+        restore_plasticity(model, batches(), utility="taylor")
+    model.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no parameter of the model requires grad"):
+        restore_plasticity(model, batches(), utility="fisher")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert restore_plasticity(model, batches(), utility="magnitude").n_reset > 0  # no gradients needed
+
+
+def test_empty_batches_is_a_config_error_and_model_unchanged() -> None:
+    model = tiny()
+    before = snapshot(model)
+    with pytest.raises(ConfigError, match="empty"):
+        restore_plasticity(model, iter([]), utility="taylor")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_mode_requires_grad_and_grads_are_restored() -> None:
+    model = tiny().train()
+    model[1].eval()
+    model[3].weight.requires_grad_(False)
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    restore_plasticity(model, batches(), utility="taylor", level="unit")
+    assert model.training and not model[1].training
+    assert not model[3].weight.requires_grad and model[0].weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_trainer_options_are_accepted_and_config_dict_splats() -> None:
+    from dataclasses import asdict
+
+    from replast.config import ReinitConfig
+
+    cfg = asdict(ReinitConfig(strategy="targeted", utility="magnitude", lr_scale=3.0, schedule="every:5"))
+    report = restore_plasticity(tiny(), batches(), **cfg)
+    assert report.n_reset > 0 and report.options["batches"] == 8
+
+
+def test_none_strategy_does_nothing() -> None:
+    model = tiny()
+    before = snapshot(model)
+    report = restore_plasticity(model, batches(), strategy="none")
+    assert report.rows == [] and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_report_serializes() -> None:
+    report = restore_plasticity(tiny(), batches(), utility="cbp", level="unit", zero_outgoing=True)
+    data = json.loads(report.to_json())
+    assert data["strategy"] == "targeted" and "masks" not in data
+    assert {r["param"] for r in data["rows"]} >= {"0.weight", "3.weight", "7.weight", "1.weight", "0.bias"}
+    frame = report.to_frame()
+    assert list(frame.columns)[:4] == ["layer", "param", "numel", "n_reset"]
+    assert frame["n_reset"].sum() == report.n_reset
+    assert report.total_time_s >= report.utility_time_s >= 0 and report.select_time_s >= 0
+    assert report.n_batches == 2
+    note = frame.set_index("param").loc["3.weight", "note"]
+    assert note.startswith("fell back to weight level: passes through AdaptiveAvgPool2d")
+    assert math.isclose(frame.set_index("param").loc["0.weight", "fraction_reset"],
+                        report.masks["0.weight"].float().mean().item())
+
+
+def test_batches_option_limits_the_utility_pass() -> None:
+    report = restore_plasticity(tiny(), batches(5), utility="gradient", batches=3)
+    assert report.n_batches == 3
+
+
+def test_wrapped_model_keeps_working_under_a_copy() -> None:
+    model = tiny()
+    clone = copy.deepcopy(model)
+    a = restore_plasticity(model, batches(), seed=3)
+    b = restore_plasticity(clone, batches(), seed=3)
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+STRATEGY_MODELS = ["mobilenet_v2", "efficientnet_lite0", "vit"]
+
+
+def _small_model(name: str) -> nn.Module:
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    if name == "mobilenet_v2":
+        return torchvision.models.mobilenet_v2(weights=None, num_classes=3)
+    if name == "efficientnet_lite0":
+        return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32,
+                             patch_size=8, depth=2)
+
+
+@pytest.fixture(scope="module")
+def small_models() -> dict[str, nn.Module]:
+    return {name: _small_model(name) for name in STRATEGY_MODELS}
+
+
+@pytest.mark.parametrize("model_name", STRATEGY_MODELS)
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+def test_every_strategy_on_real_architectures(small_models: dict, model_name: str, strategy: str) -> None:
+    model = copy.deepcopy(small_models[model_name])
+    head = "head" if model_name == "vit" else ("classifier" if model_name == "efficientnet_lite0" else "classifier.1")
+    head_before = dict(model.get_submodule(head).named_parameters())
+    head_before = {k: v.detach().clone() for k, v in head_before.items()}
+    data = [(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2,))) for _ in range(2)]
+    report = restore_plasticity(model, data, strategy=strategy, fraction=0.1, batches=2)
+    if strategy == "none":
+        assert report.n_reset == 0
+    elif strategy != "redo":  # redo resets only dormant units, which a fresh model may not have
+        assert report.n_reset > 0
+    out = model.eval()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3) and bool(torch.isfinite(out).all())
+    for k, v in model.get_submodule(head).named_parameters():
+        assert torch.equal(v, head_before[k])

@@ -1,0 +1,123 @@
+"""UpdateScaler (k× the update of reset entries, for SGD and AdamW), clear_optimizer_state, schedules."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from replast.errors import ConfigError
+from replast.reinit import ReinitSchedule, UpdateScaler, clear_optimizer_state, restore_plasticity
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05),
+}
+
+
+def _setup(kind: str) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    masks = {"0.weight": torch.rand(5, 4) < 0.4, "0.bias": torch.tensor([True, False, False, True, False])}
+    return model, OPTIMIZERS[kind](model.parameters()), masks
+
+
+def _grads(model: nn.Module, step: int) -> None:
+    g = torch.Generator().manual_seed(step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("use_context", [True, False])
+def test_update_of_reset_entries_is_exactly_k_times(kind: str, use_context: bool) -> None:
+    plain_model, plain_opt, masks = _setup(kind)
+    model, opt, _ = _setup(kind)
+    scaler = UpdateScaler(opt, masks, scale=4.0, model=model)
+    for step in range(3):  # the states match before each step: compare one step from equal states
+        model.load_state_dict(plain_model.state_dict())
+        opt.load_state_dict(copy.deepcopy(plain_opt.state_dict()))  # Adam shares "step" otherwise
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        _grads(plain_model, step), _grads(model, step)
+        plain_opt.step()
+        if use_context:
+            with scaler:
+                opt.step()
+        else:
+            scaler.step()
+        for (name, p), plain in zip(model.named_parameters(), plain_model.parameters(), strict=True):
+            update, plain_update = p.detach() - before[name], plain.detach() - before[name]
+            mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+            torch.testing.assert_close(update[mask], 4.0 * plain_update[mask], rtol=1e-5, atol=1e-7)
+            assert torch.equal(p.detach()[~mask], plain.detach()[~mask])
+    assert scaler.steps == 3
+
+
+def test_warmup_ramps_linearly_to_k() -> None:
+    model, opt, masks = _setup("sgd")
+    scaler = UpdateScaler(opt, masks, scale=5.0, warmup_steps=4, model=model)
+    factors = []
+    for _ in range(6):
+        factors.append(scaler.factor())
+        _grads(model, 0)
+        scaler.step()
+    assert factors == [2.0, 3.0, 4.0, 5.0, 5.0, 5.0]
+    assert UpdateScaler(opt, masks, scale=5.0, model=model).factor() == 5.0
+    resumed = UpdateScaler(opt, masks, scale=5.0, warmup_steps=4, model=model)
+    resumed.load_state_dict(scaler.state_dict())
+    assert resumed.factor() == 5.0
+
+
+def test_failed_step_is_not_scaled_or_counted() -> None:
+    model, opt, masks = _setup("sgd")
+    scaler = UpdateScaler(opt, masks, scale=3.0, model=model)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError), scaler:
+        raise RuntimeError("nan loss")
+    assert scaler.steps == 0 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_masks_from_a_report_and_bad_masks() -> None:
+    model, opt, _ = _setup("adamw")
+    data = [(torch.randn(3, 4), torch.tensor([0, 1, 2]))]
+    report = restore_plasticity(model, data, utility="magnitude", fraction=0.5)
+    scaler = UpdateScaler(opt, report, scale=2.0, model=model)
+    assert [p.shape for p in scaler.masks] == [torch.Size([5, 4])]
+    params = dict(model.named_parameters())
+    assert len(UpdateScaler(opt, {params["0.weight"]: report.masks["0.weight"]}, 2.0).masks) == 1
+    with pytest.raises(ConfigError, match="pass model"):
+        UpdateScaler(opt, report.masks, 2.0)
+    with pytest.raises(ConfigError, match="does not have"):
+        UpdateScaler(opt, {"nope.weight": torch.ones(1, dtype=torch.bool)}, 2.0, model=model)
+    with pytest.raises(ConfigError):
+        UpdateScaler(opt, report.masks, 0.0, model=model)
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_clear_optimizer_state_zeroes_reset_entries_only(kind: str) -> None:
+    model, opt, masks = _setup(kind)
+    for step in range(2):
+        _grads(model, step)
+        opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    touched = clear_optimizer_state(opt, masks, model=model)
+    assert touched == (2 if kind == "sgd" else 4)  # momentum_buffer | exp_avg + exp_avg_sq, per param
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+        index = list(params).index(name)
+        for key, value in opt.state[p].items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                old = before["state"][index][key]
+                assert not value[mask].any() and torch.equal(value[~mask], old[~mask]), (name, key)
+
+
+def test_schedule_parse() -> None:
+    once, every = ReinitSchedule.parse("once"), ReinitSchedule.parse("every:50")
+    assert once.once and not any(once.due(s) for s in range(200))
+    assert [s for s in range(160) if every.due(s)] == [50, 100, 150] and str(every) == "every:50"
+    for bad in ("every:0", "every:", "sometimes", "every:-3"):
+        with pytest.raises(ConfigError):
+            ReinitSchedule.parse(bad)

@@ -1,0 +1,206 @@
+"""Unit-level resets: pairing by tracing, function preservation with zero_outgoing (CNN units, ViT MLP
+units and attention heads), BatchNorm and depthwise ties, and fallback to weight level."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from replast.reinit import restore_plasticity
+from replast.reinit.pairing import pair_layers
+from replast.reinit.trace import trace
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _vit(depth: int = 2) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16,
+                             patch_size=8, depth=depth).eval()
+
+
+def _images(n: int = 4, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, size, size, generator=g), torch.randint(0, 3, (n,), generator=g))]
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_vit_dormant_mlp_units_reset_without_changing_the_output() -> None:
+    model = _vit()
+    with torch.no_grad():  # plant dormant units: GELU(-1e4) is exactly 0
+        model.blocks[0].mlp.fc1.bias[:5] = -1e4
+    x = _images()[0][0]
+    expected = _outputs(model, x)
+    report = restore_plasticity(model, _images(), strategy="redo", threshold=1e-6, include=("*.mlp.fc1",))
+    rows = report.masks["blocks.0.mlp.fc1.weight"].any(1)
+    assert rows.nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+    assert report.masks["blocks.0.mlp.fc2.weight"][:, :5].all() and not model.blocks[0].mlp.fc2.weight[:, :5].any()
+    assert not report.masks["blocks.1.mlp.fc1.weight"].any()
+    torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+    assert (model.blocks[0].mlp.fc1.bias[:5] == 0).all()  # timm ViT init: zero bias
+
+
+def test_vit_dormant_attention_head_reset_without_changing_the_output() -> None:
+    model = _vit(depth=1)
+    attn = model.blocks[0].attn
+    width, d = 192, 192 // attn.num_heads
+    with torch.no_grad():  # head 1 has zero values: its output is 0 whatever it attends to
+        attn.qkv.weight[2 * width + d: 2 * width + 2 * d] = 0
+        attn.qkv.bias[2 * width + d: 2 * width + 2 * d] = 0
+    x = _images()[0][0]
+    expected = _outputs(model, x)
+    report = restore_plasticity(model, _images(), utility="activation", selection="threshold", threshold=0.0,
+                                level="unit", zero_outgoing=True, include=("*.qkv",))
+    rows = report.masks["blocks.0.attn.qkv.weight"].all(1)
+    head_rows = torch.zeros(3 * width, dtype=torch.bool)
+    for part in range(3):
+        head_rows[part * width + d: part * width + 2 * d] = True
+    assert torch.equal(rows, head_rows)
+    cols = report.masks["blocks.0.attn.proj.weight"].all(0)
+    assert cols.nonzero().flatten().tolist() == list(range(d, 2 * d))
+    torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+
+
+def test_vit_unit_reset_output_does_not_depend_on_new_values() -> None:
+    base = _vit()
+    x = _images()[0][0]
+    outs = []
+    for seed in (0, 1):
+        model = copy.deepcopy(base)
+        report = restore_plasticity(model, _images(), utility="activation", fraction=0.3, level="unit",
+                                    zero_outgoing=True, include=("*.fc1", "*.qkv"), seed=seed)
+        outs.append(_outputs(model, x))
+    ablated = copy.deepcopy(base)  # the original with the reset units' outgoing weights removed
+    with torch.no_grad():
+        for name in ("blocks.0.mlp.fc2", "blocks.1.mlp.fc2", "blocks.0.attn.proj", "blocks.1.attn.proj"):
+            ablated.get_submodule(name).weight[report.masks[f"{name}.weight"]] = 0
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(outs[0], _outputs(ablated, x), rtol=0, atol=1e-6)
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.bias[[1, 6]] = -1e3  # dead ReLU units
+    return model.eval()
+
+
+def test_cnn_dead_units_reset_batchnorm_and_keep_the_output() -> None:
+    model = _cnn()
+    x = _images(size=8)[0][0]
+    expected = _outputs(model, x)
+    bn_before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    report = restore_plasticity(model, _images(size=8), strategy="redo", threshold=1e-6, include=("0",))
+    reset = torch.zeros(8, dtype=torch.bool)
+    reset[[1, 6]] = True
+    assert torch.equal(report.masks["0.weight"].flatten(1).all(1), reset)
+    assert torch.equal(report.masks["1.weight"], reset) and torch.equal(report.masks["1.bias"], reset)
+    bn = model[1]
+    for name, default in (("running_mean", 0.0), ("running_var", 1.0), ("weight", 1.0), ("bias", 0.0)):
+        value = getattr(bn, name).detach()
+        assert (value[reset] == default).all(), name
+        assert torch.equal(value[~reset], bn_before[name][~reset]), name
+    assert not model[3].weight[:, reset].any()
+    torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+
+
+def test_mobilenet_expand_unit_ties_depthwise_and_zeroes_project_columns() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    base = torchvision.models.mobilenet_v2(weights=None, num_classes=3).eval()
+    data = _images(n=2, size=32)
+    x = data[0][0]
+    outs, reports = [], []
+    for seed in (0, 1):
+        model = copy.deepcopy(base)
+        reports.append(restore_plasticity(model, data, utility="magnitude", fraction=0.25, level="unit",
+                                          zero_outgoing=True, include=("features.2.conv.0.0",), seed=seed))
+        outs.append(_outputs(model, x))
+    masks = reports[0].masks
+    units = masks["features.2.conv.0.0.weight"].flatten(1).all(1)
+    assert int(units.sum()) == 24  # 25% of 96 expand channels
+    assert torch.equal(masks["features.2.conv.1.0.weight"].flatten(1).all(1), units)  # tied depthwise
+    assert torch.equal(masks["features.2.conv.0.1.weight"], units) and torch.equal(
+        masks["features.2.conv.1.1.weight"], units)
+    assert torch.equal(masks["features.2.conv.2.weight"].flatten(1).any(0), units)  # outgoing columns
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+
+
+def test_residual_outputs_fall_back_to_weight_level_with_a_note() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=3)
+    report = restore_plasticity(model, _images(n=2, size=32), utility="magnitude", level="unit",
+                                include=("features.3.*",))
+    rows = {r.param: r for r in report.rows}
+    project = rows["features.3.conv.2.weight"]
+    assert project.level == "weight" and project.note == "fell back to weight level: residual add"
+    assert project.n_reset == round(0.1 * project.numel)
+    assert rows["features.3.conv.0.0.weight"].level == "unit"
+
+
+def test_efficientnet_pairs_stem_through_the_depthwise_conv() -> None:
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    maps = pair_layers(model, trace(model, torch.randn(1, 3, 32, 32)), ["conv_stem", "blocks.1.0.conv_pwl"],
+                       ["classifier"], zero_outgoing=True)
+    stem = maps["conv_stem"]
+    assert stem.paired and stem.ties == ("bn1", "blocks.0.0.conv_dw", "blocks.0.0.bn1")
+    assert stem.site == "blocks.0.0.conv_dw" and stem.consumer == "blocks.0.0.conv_pw"
+    assert not maps["blocks.1.0.conv_pwl"].paired
+
+
+def test_excluded_consumer_blocks_zero_outgoing() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    data = [(torch.randn(3, 4), torch.tensor([0, 1, 2]))]
+    report = restore_plasticity(copy.deepcopy(model), data, utility="magnitude", level="unit",
+                                zero_outgoing=True)
+    assert "outgoing layer 2 is excluded" in report.rows[0].note
+    report = restore_plasticity(copy.deepcopy(model), data, utility="magnitude", level="unit")
+    assert report.rows[0].level == "unit" and "2.weight" not in report.masks
+
+
+def test_shared_module_and_failed_trace_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(torch.relu(self.body(x))))
+
+    data = [(torch.randn(3, 4), torch.tensor([0, 1, 0]))]
+    report = restore_plasticity(Twice(), data, utility="magnitude", level="unit")
+    assert report.rows[0].note == "fell back to weight level: called 2 times in a forward pass"
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("untraceable")
+
+    monkeypatch.setattr("replast.reinit.engine.trace", broken)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    report = restore_plasticity(model, data, utility="magnitude", level="unit")
+    assert "forward trace failed" in report.rows[0].note and report.rows[0].n_reset > 0
