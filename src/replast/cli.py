@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
 
 from replast import commands
 from replast.config import FinetuneConfig
-from replast.errors import ReplastError
+from replast.errors import ConfigError, ReplastError
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -36,8 +38,12 @@ COMMANDS: dict[str, dict[str, Any]] = {
 }
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="replast", description=__doc__.splitlines()[0], exit_on_error=False)
+    parser = ArgumentParser(prog="replast", description="Restore the plasticity of pretrained image classifiers "
+                            "before fine-tuning: diagnose, re-initialize, fine-tune, compare.", exit_on_error=False)
     subcommands = parser.add_subcommands(dest="command")
     for name, entry in COMMANDS.items():
         sub = ArgumentParser(description=entry["help"], exit_on_error=False)
@@ -62,10 +68,42 @@ def normalize_option_names(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def check_config_files(argv: Sequence[str]) -> None:
+    """A broken `--config FILE` fails with a message that names the file (jsonargparse's does not)."""
+    entry = COMMANDS.get(argv[0]) if argv else None
+    if entry is None or not entry.get("config_file", True):  # sweep's --config is a study file
+        return
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            _check_config_file(argv[i + 1])
+        elif token.startswith("--config="):
+            _check_config_file(token.partition("=")[2])
+
+
+def _check_config_file(value: str) -> None:
+    path = Path(value)
+    if not path.is_file():
+        if path.suffix.lower() in CONFIG_SUFFIXES:  # anything else may be inline YAML, which jsonargparse takes
+            raise ConfigError(f"config file {value} does not exist; check the path")
+        return
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {value} ({type(e).__name__}); pass a YAML file") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {value} is not valid YAML ({' '.join(str(e).split())[:200]}); "
+                          "fix the syntax") from e
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"config file {value} holds a {type(content).__name__}, not a mapping of options "
+                          "(option: value per line)")
+
+
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
+    argv = normalize_option_names(argv)
+    check_config_files(argv)
     try:
-        ns = parser.parse_args(normalize_option_names(argv))
+        ns = parser.parse_args(argv)
     except SystemExit as done:  # --help and --print_config end here
         return done.code if isinstance(done.code, int) else 0
     name = ns.command

@@ -32,7 +32,7 @@ def run_demo(*, out: str, jobs: int, console) -> int:
     summary = sweep("demo", out=out, jobs=jobs)
     results, _, failures = collect(out)
     table = Table(title=f"replast demo: {summary.study} ({len(results)} runs, test split)")
-    table.add_column("method")
+    table.add_column("method", no_wrap=True)
     for _, title in SHOWN:
         table.add_column(title, justify="right")
     for _, row in results.iterrows():

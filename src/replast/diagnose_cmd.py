@@ -46,7 +46,9 @@ def run_diagnose(*, model: str, data: str, out: str, weights: str, batches: int,
 
 def _top_table(report, reference, rows: int = 15) -> Table:
     frame = report.to_frame()
-    frame = frame[frame["plasticity_score"].notna()].sort_values("plasticity_score", ascending=False).head(rows)
+    # Conv/Linear rows only: they carry the dormancy of the activation they feed, so their scores compare.
+    frame = frame[(frame["kind"] == "param") & frame["plasticity_score"].notna()]
+    frame = frame.sort_values("plasticity_score", ascending=False).head(rows)
     ref = reference.to_frame().set_index("layer")["plasticity_score"] if reference is not None else None
     table = Table(title=f"least plastic layers (of {len(report.rows)})")
     for column in (*SHOWN_COLUMNS, *(("reference_score",) if ref is not None else ())):

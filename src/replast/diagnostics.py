@@ -76,13 +76,13 @@ def dormant_fraction(scores: Tensor, tau: float = DORMANT_TAU) -> float:
     return (scores <= tau).double().mean().item() if scores.numel() else math.nan
 
 
-def zero_unit_fraction(active: Tensor) -> float:
-    """Share of units never positive on any input (`active` counts a > 0 per unit).
+def zero_unit_fraction(never_positive: Tensor) -> float:
+    """Share of units never positive on any input ([U] bool).
 
     For ReLU/ReLU6 these units output exactly zero everywhere; for GELU/SiLU they never leave the negative,
     near-zero region.
     """
-    return (active == 0).double().mean().item() if active.numel() else math.nan
+    return never_positive.double().mean().item() if never_positive.numel() else math.nan
 
 
 def fraction(count: float, total: float) -> float:
@@ -114,7 +114,7 @@ def stable_rank(s: Tensor) -> float:
     """sum(sigma^2) / sigma_max^2; n for the identity, 0 for an all-zero matrix."""
     if s.numel() == 0 or s.max() <= 0:
         return 0.0
-    return ((s**2).sum() / s.max() ** 2).item()
+    return ((s / s.max()) ** 2).sum().item()  # divide first: s**2 underflows for tiny spectra
 
 
 def rank_at(s: Tensor, mass: float = RANK_MASS) -> int:

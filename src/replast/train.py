@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from replast import runfiles
 from replast.checkpoint import load_checkpoint, save_checkpoint
 from replast.config import FinetuneConfig
-from replast.errors import ConfigError, NonFiniteError
+from replast.errors import CheckpointError, ConfigError, NonFiniteError
 
 LOG_EVERY = 25
 
@@ -191,14 +191,16 @@ class Trainer:
         try:
             _unwrap(self.model).load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ConfigError(f"checkpoint {path} does not match this model or optimizer "
-                              f"({str(e).splitlines()[0][:160]}); start without --resume") from e
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        ts = ckpt["train_state"]
-        self.state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]),
-                                float(ts["best_val_acc"]), int(ts["best_epoch"]), list(ckpt.get("history", [])))
-        torch.set_rng_state(ckpt["rng_cpu"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            ts = ckpt["train_state"]
+            state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]), float(ts["best_val_acc"]),
+                               int(ts["best_epoch"]), list(ckpt.get("history", [])))
+            torch.set_rng_state(ckpt["rng_cpu"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise CheckpointError(f"checkpoint {path} does not match this model, optimizer or run ({why}); "
+                                  "resume with the options it was written with, or start without --resume") from e
+        self.state = state
         if "rng_cuda" in ckpt and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
 
@@ -259,6 +261,8 @@ class Trainer:
         return FitResult(self.state, "nonfinite", step)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor):
+        # Gradients are cleared here rather than after the step, so step hooks (plasticity tracking) see them.
+        self.optimizer.zero_grad(set_to_none=True)
         with self.fabric.autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
@@ -270,7 +274,6 @@ class Trainer:
             self.optimizer_step()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step_update(self.state.step + 1)
         return loss, logits
 
