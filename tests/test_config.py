@@ -1,6 +1,7 @@
 """Config parsing and validation: all errors at once, unknown keys with suggestions, round trips."""
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -61,3 +62,47 @@ def test_from_dict_never_crashes_on_arbitrary_keys(data):
         FinetuneConfig.from_dict(data)
     except ConfigError:
         pass
+
+
+configs = st.builds(
+    FinetuneConfig,
+    model=st.text(min_size=1, max_size=20),
+    epochs=st.integers(-3, 10_000),
+    batch_size=st.integers(0, 4096),
+    image_size=st.none() | st.integers(1, 1024),
+    train_fraction=st.floats(allow_nan=False),
+    max_samples=st.none() | st.integers(0, 10**6),
+    seed=st.integers(0, 2**63 - 1),
+    resume=st.booleans(),
+    train=st.builds(TrainConfig, lr=st.none() | st.floats(1e-9, 10.0),
+                    mode=st.sampled_from(["finetune", "linear-probe"]), track_plasticity=st.integers(0, 1000)),
+    reinit=st.builds(ReinitConfig, strategy=st.text(max_size=20), fraction=st.floats(allow_nan=False),
+                     threshold=st.floats(allow_nan=False), exclude=st.lists(st.text(max_size=12), max_size=3),
+                     schedule=st.text(max_size=12)),
+)
+
+
+@given(configs)
+def test_any_config_round_trips_through_its_yaml_file(cfg):
+    """OUT/config.yaml (yaml.safe_dump of to_dict) read back is the same config, valid or not."""
+    assert FinetuneConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))) == cfg
+
+
+keys = st.text(st.characters(codec="utf-8", exclude_characters=";"), min_size=1, max_size=12)  # "; " joins
+
+
+@given(top=st.dictionaries(keys, st.integers(), max_size=3), nested=st.dictionaries(keys, st.integers(), max_size=3))
+def test_every_unknown_key_is_reported_with_its_path_and_no_known_one(top, nested):
+    fields, reinit_fields = FinetuneConfig().to_dict(), ReinitConfig().__dataclass_fields__
+    data = {**{k: v for k, v in top.items() if k not in fields}, "epochs": 3,
+            "reinit": {**{k: v for k, v in nested.items() if k not in reinit_fields}, "fraction": 0.5}}
+    unknown = [k for k in top if k not in fields] + [f"reinit.{k}" for k in nested if k not in reinit_fields]
+    if not unknown:
+        assert FinetuneConfig.from_dict(data).reinit.fraction == 0.5
+        return
+    with pytest.raises(ConfigError) as info:
+        FinetuneConfig.from_dict(data)
+    reported = str(info.value).split("; ")
+    assert len(reported) == len(unknown)
+    for key, message in zip(unknown, reported, strict=True):
+        assert message.startswith(f"unknown key {key!r}")

@@ -19,7 +19,8 @@ import yaml
 
 from replast import launchers
 from replast.errors import ConfigError, OutputError
-from replast.experiment import collect, config_hash, expand, load_study, parse_study, sweep
+from replast.experiment import collect, config_hash, expand, load_study, sweep
+from replast.study import parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 def test_duplicates_run_once_with_a_warning(caplog):
     study = parse_study({"name": "s", "grid": {"seed": [0, 0, 1]}, "runs": [{"seed": 1, "epochs": 10}]})
-    with caplog.at_level(logging.WARNING, logger="replast.experiment"):
+    with caplog.at_level(logging.WARNING, logger="replast.study"):
         specs = expand(study)
     assert len(specs) == 2
     assert sum("duplicates" in r.getMessage() for r in caplog.records) == 2

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from replast.config import FinetuneConfig
-from replast.experiment import config_hash, unflatten
 from replast.report import render
 from replast.report.summary import sentence
 from replast.report.tables import arm_table
+from replast.study import config_hash, unflatten
 
 CHROMIUM = "/usr/bin/chromium"
 BASE = {0: 0.80, 1: 0.82, 2: 0.84}  # test accuracy of `none` per seed

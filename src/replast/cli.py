@@ -9,6 +9,7 @@ parse error becomes one line on stderr and exit code 2; `--debug` shows the trac
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+CONTROL_CHARACTERS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
 
 
 def build_parser() -> ArgumentParser:
@@ -82,7 +84,11 @@ def check_config_files(argv: Sequence[str]) -> None:
 
 def _check_config_file(value: str) -> None:
     path = Path(value)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # inline YAML longer than a file name may be
+        return
+    if not is_file:
         if path.suffix.lower() in CONFIG_SUFFIXES:  # anything else may be inline YAML, which jsonargparse takes
             raise ConfigError(f"config file {value} does not exist; check the path")
         return
@@ -93,7 +99,9 @@ def _check_config_file(value: str) -> None:
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {value} is not valid YAML ({' '.join(str(e).split())[:200]}); "
                           "fix the syntax") from e
-    if content is not None and not isinstance(content, dict):
+    if content is None:
+        raise ConfigError(f"config file {value} is empty; write one `option: value` per line or drop --config")
+    if not isinstance(content, dict):
         raise ConfigError(f"config file {value} holds a {type(content).__name__}, not a mapping of options "
                           "(option: value per line)")
 
@@ -139,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    # Messages may quote torch's, which carry ANSI styling; the error line stays plain text.
+    text = " ".join(CONTROL_CHARACTERS.sub(" ", str(error)).split())
     if isinstance(error, ArgumentError):
         text += " (see --help)"
     return text

@@ -18,6 +18,7 @@ from replast.config import ReinitConfig
 from replast.errors import ConfigError, OutputError
 from replast.loading import first_batches, load_model_and_data
 from replast.reinit import restore_plasticity
+from replast.runfiles import check_creatable
 
 
 def export_reinitialized(*, model: str, data: str, out: str, weights: str, batch_size: int,
@@ -28,6 +29,7 @@ def export_reinitialized(*, model: str, data: str, out: str, weights: str, batch
         raise ConfigError(f"--out {out}: the output must be a .safetensors file")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists; choose another --out or pass --overwrite")
+    check_creatable(path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net, splits = load_model_and_data(model, data, weights=weights, device=device, image_size=image_size,
                                       seed=seed, max_samples=max_samples)

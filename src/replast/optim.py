@@ -1,11 +1,13 @@
 """Optimizer and learning-rate schedule for fine-tuning, built with timm's factories.
 
 timm gives weight-decay groups that exclude norms, biases and tokens, layer-wise lr decay for ViTs
-(`lr_scale` per group) and a per-step cosine schedule with warm-up that honours those scales.
+(`lr_scale` per group; timm's layer ids: embeddings 0, blocks 1..L with the final norm in block L,
+head L+1) and a per-step cosine schedule with warm-up that honours those scales.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,19 +29,31 @@ class OptimSettings:
     name: str
     lr: float
     weight_decay: float
+    layer_decay: float = 1.0
+    """Layer-wise lr decay in effect (1.0 = none: turned off, or not a ViT)."""
 
 
 def resolve(cfg: TrainConfig, family: str, batch_size: int) -> OptimSettings:
-    """Fill the `auto`/None defaults: SGD for CNNs, AdamW for ViTs; lr scaled linearly with the batch."""
+    """Fill the `auto`/None defaults: SGD for CNNs, AdamW for ViTs; lr scaled linearly with the batch.
+
+    Layer decay numbers transformer blocks, so a CNN ignores it (with a warning) rather than failing:
+    one study can set it for every model of a grid.
+    """
     name = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if family == "vit" else "sgd")
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[name] * batch_size / REFERENCE_BATCH
     wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[name]
-    return OptimSettings(name, lr, wd)
+    layer_decay = cfg.layer_decay
+    if layer_decay < 1.0 and family != "vit":
+        warnings.warn(f"train.layer_decay={layer_decay} is ignored: layer-wise lr decay applies to ViTs, "
+                      f"not to a {family} model", stacklevel=2)
+        layer_decay = 1.0
+    return OptimSettings(name, lr, wd, layer_decay)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, settings: OptimSettings,
                     fused: bool = False) -> torch.optim.Optimizer:
-    """Parameter groups without decay for norms/biases, optional layer decay, trainable params only."""
+    """Parameter groups without decay for norms/biases/tokens, trainable params only, and layer decay when
+    `settings.layer_decay` < 1 (from `resolve`: ViTs only); a model timm cannot number ignores it."""
     kwargs: dict = {}
     if settings.name == "sgd":
         kwargs.update(momentum=cfg.momentum)
@@ -48,15 +62,22 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, settings: OptimSettings,
         opt_name = "adamw"
     if fused:
         kwargs["fused"] = True
-    layer_decay = cfg.layer_decay if cfg.layer_decay < 1.0 and hasattr(model, "group_matcher") else None
+    layer_decay = settings.layer_decay if settings.layer_decay < 1.0 else None
+    if layer_decay is not None and not hasattr(model, "group_matcher"):
+        # timm's fallback grouping needs timm metadata; without it every parameter lands in one layer.
+        warnings.warn(f"train.layer_decay={layer_decay} is ignored for {type(model).__name__}: only timm models "
+                      "(with group_matcher) number their layers", stacklevel=2)
+        layer_decay = None
     return create_optimizer_v2(model, opt=opt_name, lr=settings.lr, weight_decay=settings.weight_decay,
                                layer_decay=layer_decay, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
-    """Cosine decay to zero over `total_steps` after a linear warm-up, stepped once per optimizer update."""
+    """Linear warm-up over `warmup_steps`, then cosine decay reaching zero at step `total_steps` (the
+    whole run, warm-up included); stepped once per optimizer update. Honours each group's `lr_scale`."""
+    # With warmup_prefix the cosine starts after the warm-up, so its length is what remains of the run.
     return CosineLRScheduler(
-        optimizer, t_initial=max(total_steps, 1), lr_min=0.0, warmup_t=warmup_steps,
+        optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=0.0, warmup_t=warmup_steps,
         warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False,
     )
 

@@ -3,8 +3,8 @@
     replast finetune --model mobilenetv2_100 --data br35h --epochs 5 --reinit.strategy targeted --out runs/x
 
 `finetune(cfg)` is what the CLI, the demo and every sweep run call; its files are listed in docs/CONTRACTS.md.
-Nothing is written until the model and the data have loaded, so bad input never leaves a run directory
-that looks like a run.
+Nothing is written until the model, the data, the re-initialization and a resumed checkpoint have all
+been accepted, so bad input never leaves a run directory that looks like a run nor touches an earlier one.
 """
 
 from __future__ import annotations
@@ -43,17 +43,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         runfiles.prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     model, data = _load_model_and_data(cfg, fabric)
     family = model_family(model)
-    if fabric.is_global_zero:
-        if cfg.overwrite and not cfg.resume:
-            runfiles.clear_previous(run_dir)
-        runfiles.write_config(run_dir, cfg.to_dict())
-        write_json(run_dir / "splits.json", data.record())
-        runfiles.write_status(run_dir, "running")
     loaders = _loaders(cfg, data, fabric)
     if cfg.train.mode == "linear-probe":
         _freeze_backbone(model)
     utility_batches = _utility_batches(cfg, data, fabric) if cfg.reinit.strategy != "none" else []
-    reinit = _reinitialize(cfg, model, utility_batches, data, fabric, run_dir)
+    reinit, reinit_files = _reinitialize(cfg, model, utility_batches, data, fabric)
     if family == "cnn" and cfg.train.channels_last and fabric.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     trainer = _make_trainer(cfg, fabric, model, family, data.num_classes, len(loaders["train"]), run_dir)
@@ -64,6 +58,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume and last.exists():
         trainer.resume(last)
+    if fabric.is_global_zero:
+        _start_run_files(cfg, run_dir, data, reinit_files)
     with epoch_progress(cfg.epochs, len(loaders["train"]), enabled=fabric.is_global_zero) as progress:
         result = trainer.fit(loaders["train"], loaders["val"], progress)
     if result.stopped is not None:
@@ -87,6 +83,17 @@ def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
         )
 
 
+def _start_run_files(cfg: FinetuneConfig, run_dir: Path, data, extra: dict[str, Any]) -> None:
+    """The first writes of a run, once every input has been accepted."""
+    if cfg.overwrite and not cfg.resume:
+        runfiles.clear_previous(run_dir)
+    runfiles.write_config(run_dir, cfg.to_dict())
+    write_json(run_dir / "splits.json", data.record())
+    for name, record in extra.items():
+        write_json(run_dir / name, record)
+    runfiles.write_status(run_dir, "running")
+
+
 def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.batch_size
     ranks = {"rank": fabric.global_rank, "world_size": fabric.world_size}
@@ -104,20 +111,25 @@ def _freeze_backbone(model: nn.Module) -> None:
         param.requires_grad_(name == head or name.startswith(head + "."))
 
 
-def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fabric: Fabric, run_dir: Path):
-    """Apply the configured strategy before training (also on resume, to rebuild identical masks)."""
+def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fabric: Fabric):
+    """Apply the configured strategy before training (also on resume, to rebuild identical masks).
+
+    Returns the report and the files that record it ({name: JSON record}), written once the run starts.
+    """
     if cfg.reinit.strategy == "none":
-        return None
+        return None, {}
+    files: dict[str, Any] = {}
     options = asdict(cfg.reinit)
     if cfg.reinit.scope == "auto":
-        options["scope"] = _auto_scope(cfg, model, data, batches, run_dir, fabric)
+        scope = _auto_scope(cfg, model, data, batches)
+        options["scope"] = scope.fractions
+        files["autoscope.json"] = {"fractions": scope.fractions, "reason": scope.reason}
     report = restore_plasticity(model, batches, seed=cfg.seed, **options)
     report.mask_digests = _mask_digests(fabric, report.masks)
     if len(set(report.mask_digests)) != 1:
         raise RuntimeError(f"re-initialization masks differ across ranks: {report.mask_digests}")
-    if fabric.is_global_zero:
-        write_json(run_dir / "reinit_report.json", report.to_dict())
-    return report
+    files["reinit_report.json"] = report.to_dict()
+    return report, files
 
 
 def _mask_digests(fabric: Fabric, masks: dict[str, torch.Tensor]) -> list[str]:
@@ -139,15 +151,12 @@ def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
                          rank=fabric.global_rank, world_size=fabric.world_size)
 
 
-def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches, run_dir: Path, fabric: Fabric):
+def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches):
     from replast.autoscope import choose_layers
     from replast.reference import reference_batches
 
     reference = reference_batches(data.preprocessing, data.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
-    scope = choose_layers(model, batches, reference)
-    if fabric.is_global_zero:
-        write_json(run_dir / "autoscope.json", {"fractions": scope.fractions, "reason": scope.reason})
-    return scope.fractions
+    return choose_layers(model, batches, reference)
 
 
 def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_dir) -> Trainer:

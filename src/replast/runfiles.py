@@ -59,6 +59,13 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, overwrite: bool, resume: bool
     return path
 
 
+def check_creatable(path: str | os.PathLike) -> None:
+    """Fail before any work when `path` can never be written: it lies below a regular file."""
+    existing = next(p for p in Path(path).absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"--out {path} is not writable ({existing} is a file); choose another location")
+
+
 def clear_previous(run_dir: str | os.PathLike) -> None:
     """Remove the records of an earlier run (for --overwrite), once the new run is known to start."""
     for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json", "reinit_report.json"):

@@ -85,7 +85,7 @@ def _check_options(pre: Preprocessing, size: int, opts: dict[str, Any]) -> None:
     if size < 8:
         errors.append(f"image_size must be >= 8, got {size}")
     if pre.patch_size and size % pre.patch_size:
-        errors.append(f"image_size {size} is not a multiple of the model's patch size {pre.patch_size}")
+        errors.append(_patch_size_error(size, pre.patch_size))
     v, t = opts["val_fraction"], opts["test_fraction"]
     if not (0 <= v < 1 and 0 <= t < 1 and v + t < 1):
         errors.append(f"val_fraction {v} + test_fraction {t} must be in [0, 1) and leave room for training")
@@ -97,6 +97,14 @@ def _check_options(pre: Preprocessing, size: int, opts: dict[str, Any]) -> None:
         errors.append(f"max_bad_fraction {opts['max_bad_fraction']} must be in [0, 1]")
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _patch_size_error(size: int, patch: int) -> str:
+    """The message for a ViT input side that is not a whole number of patches, with the nearest valid sides."""
+    below = size // patch * patch
+    valid = [s for s in (below, below + patch) if s >= max(8, patch)]
+    return (f"image_size {size} is not a multiple of the model's patch size {patch}: "
+            f"use {' or '.join(map(str, valid))}")
 
 
 def check_bad_fraction(name: str, n_good: int, bad: list[dict[str, str]], max_bad_fraction: float) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from replast.experiment import config_keys
+from replast.study import config_keys
 
 BASELINE = "none"
 # Fields that change how a run executes, not what it measures.

@@ -1,0 +1,236 @@
+"""Study files: a YAML grid of fine-tuning runs, parsed, expanded into resolved configs and hashed.
+
+    from replast.study import load_study, expand; specs = expand(load_study("smoke"))
+
+A study file has `name`, `out`, `base` (a FinetuneConfig dict for every run), `grid` and `runs`:
+
+    grid:                      # every key is crossed with every other key
+      seed: [0, 1, 2]          # dotted config key -> list of choices (a scalar means one choice)
+      strategies:              # a list of mappings is a *group*: its key is only a label, each mapping is
+        - {reinit.strategy: none}                  # expanded on its own (lists inside are crossed),
+        - {reinit.strategy: targeted,              # and the union of all of them is one axis, so a
+           reinit.fraction: [0.1, 0.3]}            # strategy's knobs only vary with that strategy.
+    runs:                      # (alias: include) extra runs outside the grid, each expanded the same way
+      - {train.mode: linear-probe, seed: [0, 1, 2]}
+
+For list-valued fields (`reinit.exclude`) a choice is a list: `reinit.exclude: [[head], [head, stem]]`.
+Each run is identified by a short sha256 of its resolved config without `out`/`overwrite`/`resume`, and
+lives in `OUT/runs/<hash>/`. Running a study: `replast.experiment.sweep`; its results: `replast.store`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from replast.config import FinetuneConfig, validation_errors
+from replast.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STUDY_KEYS = ("name", "description", "out", "base", "grid", "runs", "include")
+# Set per run by the sweep, so they never take part in a run's identity.
+OPERATIONAL = ("out", "overwrite", "resume")
+SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    out: str
+    base: dict[str, Any]
+    grid: dict[str, Any]
+    runs: list[dict[str, Any]]
+    hash: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One resolved run: `config` is the nested FinetuneConfig dict without the operational keys."""
+
+    hash: str
+    config: dict[str, Any]
+    overrides: dict[str, Any]
+
+    def run_dir(self, out: str | os.PathLike) -> Path:
+        return Path(out) / "runs" / self.hash
+
+
+# ---- dotted keys ---------------------------------------------------------------------------------
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are values, not nesting."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def config_keys() -> dict[str, Any]:
+    """Every valid dotted config key with its default value."""
+    return flatten(FinetuneConfig().to_dict())
+
+
+def _key_error(key: str, where: str, keys: Mapping[str, Any]) -> str | None:
+    if key in OPERATIONAL:
+        return f"{where}: {key!r} is set per run by the sweep; set the study's top-level `out` instead"
+    if key in keys:
+        return None
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:  # a bare leaf name such as `fraction` for `reinit.fraction`
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: unknown key {key!r}{hint}"
+
+
+# ---- loading and expansion -----------------------------------------------------------------------
+def resolve_study_path(path: str | os.PathLike) -> Path:
+    """A study file, or the name of a shipped study (smoke, demo, paper)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED_STUDIES / f"{candidate.stem}.yaml"
+    if candidate.suffix in ("", ".yaml") and shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_STUDIES.glob("*.yaml"))
+    raise ConfigError(f"study file {str(path)!r} does not exist; give a YAML path or a shipped study: {', '.join(names)}")
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    """Parse a study file; structural problems are all reported in one ConfigError."""
+    file = resolve_study_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file} is not valid YAML ({' '.join(str(e).split())}); fix the syntax") from e
+    return parse_study(raw, str(file))
+
+
+def parse_study(raw: Any, path: str = "<study>") -> Study:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study must be a mapping with name, base, grid and runs")
+    errors = []
+    for key in raw:
+        if key not in STUDY_KEYS:
+            close = difflib.get_close_matches(str(key), STUDY_KEYS, n=1)
+            errors.append(f"unknown study key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append("`name` must be a non-empty string")
+    sections = {k: raw.get(k) or {} for k in ("base", "grid")}
+    errors += [f"`{k}` must be a mapping" for k, v in sections.items() if not isinstance(v, dict)]
+    runs = list(raw.get("runs") or []) + list(raw.get("include") or [])
+    errors += [f"runs[{i}] must be a mapping" for i, r in enumerate(runs) if not isinstance(r, dict)]
+    if errors:
+        raise ConfigError(f"{path}: " + "; ".join(errors))
+    content = {"name": name, "base": sections["base"], "grid": sections["grid"], "runs": runs}
+    return Study(name=name, out=str(raw.get("out") or f"runs/{name}"), base=sections["base"],
+                 grid=sections["grid"], runs=runs, hash=_digest(content), path=path)
+
+
+def _digest(obj: Any, length: int = 12) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short sha256 of the canonical JSON of a resolved config, ignoring out/overwrite/resume."""
+    return _digest({k: v for k, v in config.items() if k not in OPERATIONAL})
+
+
+def _choices(key: str, value: Any, where: str, keys: Mapping[str, Any], errors: list[str]) -> list[dict]:
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        points: list[dict] = []
+        for i, sub in enumerate(value):
+            points += _expand(flatten(sub), f"{where}.{key}[{i}]", keys, errors)
+        return points
+    if isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+        errors.append(f"{where}.{key}: mixes mappings and plain values; a group is a list of mappings only")
+        return []
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        errors.append(f"{where}.{key}: empty list of choices; give at least one value")
+    elif (problem := _key_error(key, where, keys)) is not None:
+        errors.append(problem)
+    elif isinstance(keys[key], list) and not all(isinstance(v, list) for v in values):
+        errors.append(f"{where}.{key}: each choice must be a list, e.g. {key}: [[head], [head, stem]]")
+    return [{key: v} for v in values]
+
+
+def _expand(axes: Mapping[str, Any], where: str, keys: Mapping[str, Any], errors: list[str]) -> list[dict]:
+    """Cross product of the axes of one grid (or group member, or run entry) as flat override dicts."""
+    points: list[dict] = [{}]
+    for key, value in axes.items():
+        choices = _choices(key, value, where, keys, errors)
+        clash = {k for p in points[:1] for c in choices for k in c if k in p}
+        if clash:
+            errors.append(f"{where}: {', '.join(sorted(clash))} set by more than one grid entry")
+        points = [{**p, **c} for p in points for c in choices]
+    return points
+
+
+def expand(study: Study) -> list[RunSpec]:
+    """Every distinct run of a study; one ConfigError lists all unknown keys and invalid values."""
+    keys, errors = config_keys(), []
+    base = flatten(study.base)
+    errors += [e for k in base if (e := _key_error(k, "base", keys))]
+    points = _expand(flatten(study.grid), "grid", keys, errors) if study.grid else []
+    for i, entry in enumerate(study.runs):
+        points += _expand(flatten(entry), f"runs[{i}]", keys, errors)
+    if errors:
+        raise ConfigError(f"{study.path}: " + "; ".join(dict.fromkeys(errors)))
+    if not points:
+        raise ConfigError(f"{study.path}: study {study.name!r} has no runs: grid and runs are empty; "
+                          "add e.g. grid: {seed: [0]}")
+    specs = [_resolve(base, p, errors) for p in points]
+    if errors:
+        raise ConfigError(f"{study.path}: " + "; ".join(dict.fromkeys(errors)))
+    return _dedupe([s for s in specs if s is not None], study.name)
+
+
+def _resolve(base: dict[str, Any], point: dict[str, Any], errors: list[str]) -> RunSpec | None:
+    try:
+        cfg = FinetuneConfig.from_dict(unflatten({**base, **point}))
+        problems = validation_errors(cfg)
+    except (ConfigError, TypeError) as e:
+        problems = [str(e)]
+    if problems:
+        errors += [f"{p} (in run {json.dumps(point, default=str)})" for p in problems]
+        return None
+    config = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
+    return RunSpec(hash=config_hash(config), config=config, overrides=point)
+
+
+def _dedupe(specs: list[RunSpec], study_name: str) -> list[RunSpec]:
+    unique: dict[str, RunSpec] = {}
+    for spec in specs:
+        if spec.hash in unique:
+            log.warning("study %s: run %s duplicates %s (same resolved config %s); running it once",
+                        study_name, json.dumps(spec.overrides, default=str),
+                        json.dumps(unique[spec.hash].overrides, default=str), spec.hash)
+            continue
+        unique[spec.hash] = spec
+    return list(unique.values())
