@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 STUDY_KEYS = ("name", "description", "out", "base", "grid", "runs", "include")
 # Set per run by the sweep, so they never take part in a run's identity.
 OPERATIONAL = ("out", "overwrite", "resume")
-SHIPPED_STUDIES = Path(__file__).resolve().parents[2] / "studies"
+SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"  # packaged, so installs without the repo work
 
 
 @dataclass(frozen=True)
