@@ -48,6 +48,7 @@ BAD_INPUTS = [
     (["--data", "imagefolder:/nonexistent/folder"], "/nonexistent/folder"),
     (["--epochs", "two"], "epochs"),
     (["--no_such_option", "1"], "no_such_option"),
+    (["--accelerator", "cuda", "--devices", "2"], "more GPUs than exist"),
 ]
 
 

@@ -564,6 +564,11 @@ def test_device_cache_off_streams_and_needs_image_files(folder):
         _load("synthetic", device_cache="off")
 
 
+def test_device_cache_forced_on_for_a_too_large_folder_is_a_clear_error(folder):
+    with pytest.raises(ConfigError, match="more than max_device_bytes"):
+        _load(f"imagefolder:{folder}", device_cache="on", max_device_bytes=1000)
+
+
 def test_a_split_that_would_be_empty_raises():
     with pytest.raises(ConfigError, match="val and test split would be empty"):
         _load("synthetic", max_samples=3, val_fraction=0.1, test_fraction=0.1)

@@ -123,3 +123,14 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert a["world_size"] == 2 and b["world_size"] == 1
     assert abs(a["test_acc"] - b["test_acc"]) < 1e-6
     assert len(set(a["mask_digests"])) == 1 and a["mask_digests"][0] == b["mask_digests"][0]
+
+
+@pytest.mark.slow
+def test_compile_path_runs_on_cpu(tmp_path):
+    # timm's smallest test network keeps inductor's CPU compilation to about a minute.
+    replast("--model", "test_efficientnet", "--weights", "none", "--data", "synthetic", "--image_size", "32",
+            "--batch_size", "16", "--epochs", "1", "--accelerator", "cpu", "--train.compile", "true",
+            "--out", tmp_path / "compiled")
+    final = metrics(tmp_path / "compiled")
+    assert final["compiled"] is True and final["first_step_time_s"] > 0
+    assert 0.0 <= final["test_acc"] <= 1.0

@@ -116,6 +116,8 @@ class FinetuneConfig:
     test_fraction: float = 0.15
     max_bad_fraction: float = 0.01
     """Fail when more than this fraction of images cannot be read."""
+    device_cache: Literal["auto", "on", "off"] = "auto"
+    """Hold decoded images on the training device: auto (unless an image folder exceeds 2 GiB), on, off (stream)."""
     seed: int = 0
     """Seeds everything: splits, order, augmentation, re-initialization masks, head init."""
     deterministic: bool = False

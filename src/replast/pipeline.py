@@ -79,7 +79,7 @@ def _load_model_and_data(cfg: FinetuneConfig, fabric: Fabric):
             cfg.model, cfg.data, weights=cfg.weights, device=fabric.device, drop_path=cfg.train.drop_path,
             image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction, train_fraction=cfg.train_fraction, max_samples=cfg.max_samples,
-            max_bad_fraction=cfg.max_bad_fraction,
+            max_bad_fraction=cfg.max_bad_fraction, device_cache=cfg.device_cache,
         )
 
 
@@ -182,6 +182,8 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "steps": trainer.state.step,
         "wall_time_s": wall,
         "epoch_time_s": sum(epoch_times) / max(len(epoch_times), 1),
+        "first_step_time_s": trainer.first_step_s,
+        "compiled": cfg.train.compile,
         "reinit_time_s": reinit.total_time_s if reinit is not None else 0.0,
         "reinit_utility_time_s": reinit.utility_time_s if reinit is not None else 0.0,
         "reinit_fraction": reinit.n_reset / max(reinit.numel, 1) if reinit is not None else 0.0,

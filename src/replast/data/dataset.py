@@ -143,9 +143,13 @@ def _decide_stream(source: Any, stored: int, device_cache: str, max_device_bytes
         if device_cache == "off":
             raise ConfigError(f"device_cache='off' (streaming) needs an image-file dataset; {source.name} is not one")
         return False
-    if device_cache != "auto":
-        return device_cache == "off"
+    if device_cache == "off":
+        return True
     need = source.estimate_bytes(stored)
+    if need > max_device_bytes and device_cache == "on":
+        raise ConfigError(f"{source.name} at {stored} px needs {need / 2**30:.1f} GiB on the device, more than "
+                          f"max_device_bytes {max_device_bytes / 2**30:.1f} GiB; use --device_cache auto (streams "
+                          "with a warning) or off, or a smaller --image_size")
     if need > max_device_bytes:
         warnings.warn(f"{source.name} at {stored} px needs {need / 2**30:.1f} GiB > max_device_bytes "
                       f"{max_device_bytes / 2**30:.1f} GiB: streaming from disk through DataLoader workers (slower); "
