@@ -80,7 +80,8 @@ def test_layer_decay_lr_and_weight_decay_of_every_parameter_known_answer():
         assert group["lr"] == pytest.approx(base * 0.5 ** (3 - layer), rel=1e-12), name
         expected_wd = 0.0 if name in no_decay or param.ndim <= 1 else 0.05
         assert group["weight_decay"] == expected_wd, name
-    assert groups["head.weight"]["lr"] == pytest.approx(base) and groups["pos_embed"]["lr"] == pytest.approx(base / 8)
+    assert groups["head.weight"]["lr"] == pytest.approx(base)
+    assert groups["pos_embed"]["lr"] == pytest.approx(base / 8)
 
 
 def test_layer_decay_off_by_default_and_ignored_by_cnns():
@@ -127,8 +128,8 @@ def test_adamw_is_the_default_for_vits(family, optimizer, batch, expected):
 
 
 def test_schedule_warms_up_then_decays_to_zero_at_the_last_step():
-    optimizer = build_optimizer(_tiny_vit(), TrainConfig(layer_decay=0.5), resolve(TrainConfig(layer_decay=0.5),
-                                                                                   "vit", 64))
+    cfg = TrainConfig(layer_decay=0.5)
+    optimizer = build_optimizer(_tiny_vit(), cfg, resolve(cfg, "vit", 64))
     scheduler = build_scheduler(optimizer, total_steps=12, warmup_steps=4)
     head = max(optimizer.param_groups, key=lambda g: g["lr_scale"])
     expected = {0: 0.0, 2: 0.5e-4, 4: 1e-4, 8: 0.5e-4, 12: 0.0}  # cosine over the 8 steps after warm-up
@@ -271,4 +272,5 @@ def test_finetune_cli_with_targeted_unit_reset_on_real_weights(real_cache, cli, 
     reset = {r["param"] for r in rows if r["n_reset"] > 0}
     for kind in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
         assert {f"blocks.{i}.{kind}.weight" for i in range(12)} <= reset, kind
-    assert not [r["param"] for r in rows if any(k in r["param"] for k in ("norm", "pos_embed", "cls_token", ".ls"))]
+    never = ("norm", "pos_embed", "cls_token", ".ls")
+    assert not [r["param"] for r in rows if any(k in r["param"] for k in never)]

@@ -9,7 +9,6 @@ parse error becomes one line on stderr and exit code 2; `--debug` shows the trac
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_pa
 
 from replast import commands
 from replast.config import FinetuneConfig
-from replast.errors import ConfigError, ReplastError
+from replast.errors import ConfigError, ReplastError, plain
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -33,14 +32,13 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "reinit": {"help": "Write a re-initialized model for any training script.", "fn": commands.reinit_model},
     # `sweep --config` names the study file itself, so it takes no generic config file.
     "sweep": {"help": "Run (or resume) a study of many runs.", "fn": commands.sweep, "config_file": False},
-    "report": {"help": "Write report.md and report.html for a study.", "fn": commands.report},
+    "report": {"help": "Write report.md and report.html for a study.", "fn": commands.report, "positional": True},
     "bench": {"help": "Training throughput against a plain DataLoader loop.", "fn": commands.bench},
     "demo": {"help": "The embedded default job: MobileNetV2 on Br35H, strategies compared.", "fn": commands.demo},
 }
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-CONTROL_CHARACTERS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
 
 
 def build_parser() -> ArgumentParser:
@@ -54,7 +52,7 @@ def build_parser() -> ArgumentParser:
         if "config" in entry:
             sub.add_class_arguments(entry["config"], nested_key=None)
         else:
-            sub.add_function_arguments(entry["fn"])
+            sub.add_function_arguments(entry["fn"], as_positional=entry.get("positional", False))
         subcommands.add_subcommand(name, sub, help=entry["help"])
     return parser
 
@@ -147,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    # Messages may quote torch's, which carry ANSI styling; the error line stays plain text.
-    text = " ".join(CONTROL_CHARACTERS.sub(" ", str(error)).split())
+    text = plain(str(error))
     if isinstance(error, ArgumentError):
         text += " (see --help)"
     return text

@@ -1,7 +1,8 @@
 """`replast demo` (= `make demo`): the embedded default job, offline, minutes on a 2-core CPU.
 
 Runs the shipped `demo` study (MobileNetV2 with its ImageNet weights on a Br35H subset: plain fine-tuning,
-linear probe, targeted re-initialization, ReDo), prints a comparison table and writes OUT/report.md/html.
+linear probe, targeted re-initialization, ReDo; the DINOv2 ViT-S/14 plain and targeted), prints a comparison
+table and writes OUT/report.md/html.
 Uses the GPU when one is present.
 """
 
@@ -32,12 +33,13 @@ def run_demo(*, out: str, jobs: int, console) -> int:
     summary = sweep("demo", out=out, jobs=jobs)
     results, _, failures = collect(out)
     table = Table(title=f"replast demo: {summary.study} ({len(results)} runs, test split)")
+    table.add_column("model", no_wrap=True)
     table.add_column("method", no_wrap=True)
     for _, title in SHOWN:
         table.add_column(title, justify="right")
     for _, row in results.iterrows():
         values = [row.get(key, math.nan) for key, _ in SHOWN]
-        table.add_row(strategy_label(row), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
+        table.add_row(str(row.get("model")), strategy_label(row), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
     console.print(table)
     for failure in failures:
         console.print(f"failed run: {failure}")
