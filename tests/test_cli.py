@@ -20,6 +20,7 @@ def test_finetune_one_epoch_on_synthetic(cli, tiny_run_args, tmp_path):
     assert (run / "metrics.csv").read_text().startswith("epoch,")
     assert (run / "config.yaml").exists() and (run / "splits.json").exists()
     assert (run / "checkpoints" / "last.pt").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_dashed_option_names_are_accepted(cli, tiny_run_args):

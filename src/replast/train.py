@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -52,8 +53,10 @@ def setup_fabric(cfg: FinetuneConfig) -> Fabric:
         torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    return Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-                  strategy=cfg.strategy, precision=resolve_precision(cfg.train.precision, accelerator))
+    # TensorBoard event files land in OUT/tensorboard/ (written by rank 0 at the end of each epoch).
+    logger = TensorBoardLogger(root_dir=cfg.out, name="tensorboard", version="")
+    return Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                  precision=resolve_precision(cfg.train.precision, accelerator), loggers=[logger])
 
 
 def make_metrics(num_classes: int) -> MetricCollection:
