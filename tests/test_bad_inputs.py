@@ -45,12 +45,6 @@ TINY = ["--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic"
         "--epochs", "1", "--batch_size", "16"]
 KEEP = b"written before the command ran\n"
 
-# Bugs in code other engineers own right now (reinit/): strict xfails, to be removed with the fix.
-REINIT_LEAKS_BATCH_ERRORS = ("reinit does not check the batches it is given: torch's RuntimeError/IndexError "
-                             "reaches the caller, not a ConfigError naming the expected input (diagnose does)")
-REINIT_FLOAT_CAST = ("restore_plasticity calls float(fraction) before validating it, so a string raises a bare "
-                     "ValueError")
-
 
 # ---- a row's world -------------------------------------------------------------------------------
 @dataclass
@@ -231,16 +225,15 @@ class Row:
     fragments: tuple[str, ...] = ()
     check: Callable[..., None] | None = None
     """Extra assertions: check(ws) after an error, check(ws, result) after a success."""
-    xfail: str = ""
 
 
-def cli_row(id: str, make: Callable[[Workspace], list], *fragments: str, check=None, xfail: str = "") -> Row:
-    return Row(id, "cli", make, ReplastError, fragments, check, xfail)
+def cli_row(id: str, make: Callable[[Workspace], list], *fragments: str, check=None) -> Row:
+    return Row(id, "cli", make, ReplastError, fragments, check)
 
 
 def api_row(id: str, make: Callable[[Workspace], Callable], error: type[Exception] | None, *fragments: str,
-            check=None, xfail: str = "") -> Row:
-    return Row(id, "api", make, error, fragments, check, xfail)
+            check=None) -> Row:
+    return Row(id, "api", make, error, fragments, check)
 
 
 def finetune(ws: Workspace, *extra: Any) -> list:
@@ -450,15 +443,15 @@ API_ROWS = [
     api_row("restore_plasticity: unknown option", reinit_call(fracton=0.2), ConfigError, "'fracton'",
             "'fraction'"),
     api_row("restore_plasticity: 1-channel images", reinit_call(batches_with(lambda x, y: (x[:, :1], y))),
-            ConfigError, "does not fit the model", xfail=REINIT_LEAKS_BATCH_ERRORS),
+            ConfigError, "does not fit the model"),
     api_row("restore_plasticity: uint8 images", reinit_call(batches_with(lambda x, y: (x.to(torch.uint8), y))),
-            ConfigError, "uint8", xfail=REINIT_LEAKS_BATCH_ERRORS),
+            ConfigError, "uint8"),
     api_row("restore_plasticity: labels beyond the head", reinit_call(batches_with(lambda x, y: (x, y + 5))),
-            ConfigError, "2 classes", xfail=REINIT_LEAKS_BATCH_ERRORS),
+            ConfigError, "2 classes"),
     api_row("restore_plasticity: batches that are not (x, y)", reinit_call(batches_with(lambda x, y: x)),
-            ConfigError, "(x, y)", xfail=REINIT_LEAKS_BATCH_ERRORS),
+            ConfigError, "(x, y)"),
     api_row("restore_plasticity: fraction that is not a number", reinit_call(fraction="a lot"), ConfigError,
-            "fraction", xfail=REINIT_FLOAT_CAST),
+            "fraction"),
     api_row("load_checkpoint: missing", lambda ws: partial(load_checkpoint, ws.root / "none.pt"), CheckpointError,
             "does not exist"),
     api_row("load_checkpoint: zero-byte", checkpoint_call(lambda ws: b""), CheckpointError, "truncated or corrupt"),
@@ -531,13 +524,7 @@ def assert_untouched(before: dict[str, bytes], after: dict[str, bytes]) -> None:
     assert set(after) == set(before), f"files created: {sorted(set(after) - set(before))}"
 
 
-def _params(rows: list[Row]) -> list:
-    return [pytest.param(r, id=f"{r.kind}: {r.id}",
-                         marks=[pytest.mark.xfail(strict=True, reason=r.xfail)] if r.xfail else [])
-            for r in rows]
-
-
-@pytest.mark.parametrize("row", _params(ROWS))
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r.kind}: {r.id}" for r in ROWS])
 def test_bad_input(row: Row, ws: Workspace, cli) -> None:
     action = row.make(ws)
     before = snapshot(ws.root)
@@ -558,6 +545,7 @@ def test_bad_input(row: Row, ws: Workspace, cli) -> None:
             action()
         message = str(info.value)
         assert len(message.splitlines()) == 1, message
+        assert message.isprintable(), f"control characters in {message!r}"
     for fragment in row.fragments:
         assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
     if row.error is not None and row.check is not None:

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,15 +18,6 @@ from replast.reinit.selection import count
 
 HEAD = "9"
 LAYERS = ["0", "3", "7"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: BLAS threads fighting other processes are 100× slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(seed: int = 0) -> nn.Sequential:
@@ -190,7 +182,8 @@ def test_head_alias_for_timm_and_torchvision_models() -> None:
     ({"strategy": "cbq"}, UnknownNameError), ({"scheme": "zeros"}, UnknownNameError),
     ({"selection": "perlayer"}, UnknownNameError), ({"include": ("nothing",)}, ConfigError),
     ({"level": "neuron"}, ConfigError), ({"fractoin": 0.1}, ConfigError), ({"scope": "auto"}, ConfigError),
-    ({"scope": {"nope": 0.1}}, ConfigError),
+    ({"scope": {"nope": 0.1}}, ConfigError), ({"fraction": "0.1"}, ConfigError),
+    ({"layers": 2.5}, ConfigError), ({"zero_outgoing": "no"}, ConfigError), ({"scope": {"0": "half"}}, ConfigError),
 ])
 def test_bad_options_fail_before_touching_the_model(kwargs: dict, error: type) -> None:
     model = tiny()
@@ -232,6 +225,24 @@ def test_empty_batches_is_a_config_error_and_model_unchanged() -> None:
     with pytest.raises(ConfigError, match="empty"):
         restore_plasticity(model, iter([]), utility="taylor")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_bad_later_batch_is_a_config_error_and_model_unchanged() -> None:
+    model = tiny()
+    before = snapshot(model)
+    (x, y), second = batches()
+    with pytest.raises(ConfigError, match="labels span 3..3 but the model has 3 classes"):
+        restore_plasticity(model, [(x, y), (second[0], torch.full_like(y, 3))], utility="taylor")
+    with pytest.raises(ConfigError, match=r"a batch is a Tensor: expected \(x, y\)"):
+        restore_plasticity(model, [(x, y), second[0]], utility="activation")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_number_options_of_other_numeric_types_are_cast() -> None:
+    report = restore_plasticity(tiny(), batches(), fraction=np.float32(0.5), batches=2.0, seed=np.int64(1))
+    assert report.options["batches"] == 2 and type(report.options["batches"]) is int
+    assert report.options["fraction"] == pytest.approx(0.5) and type(report.options["fraction"]) is float
+    assert type(report.options["seed"]) is int
 
 
 def test_mode_requires_grad_and_grads_are_restored() -> None:

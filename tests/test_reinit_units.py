@@ -14,14 +14,6 @@ from replast.reinit.pairing import pair_layers
 from replast.reinit.trace import trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _vit(depth: int = 2) -> nn.Module:
     import timm
 

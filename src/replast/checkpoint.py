@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import torch
 
-from replast.errors import CheckpointError, OutputError
+from replast.errors import CheckpointError, OutputError, quote
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -83,7 +83,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and numbers "
-            f"(possibly executable code); only load checkpoints you created ({str(e).splitlines()[0][:120]})"
+            f"(possibly executable code); only load checkpoints you created ({quote(e, 120)})"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "

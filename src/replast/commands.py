@@ -17,8 +17,10 @@ console = Console(stderr=False)
 
 def _table(title: str, rows: list[dict]) -> Table:
     table = Table(title=title)
-    for column in rows[0] if rows else []:
-        table.add_column(str(column))
+    for i, column in enumerate(rows[0] if rows else []):
+        # The first column holds the names users type: never cut, even in an 80-column pipe.
+        width = max(len(_fmt(row[column])) for row in rows) if i == 0 else None
+        table.add_column(str(column), no_wrap=i == 0, min_width=width)
     for row in rows:
         table.add_row(*(_fmt(v) for v in row.values()))
     return table
@@ -116,8 +118,11 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
 
 def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm"] = "local", jobs: int = 1,
           force: bool = False, collect: bool = False, partition: str | None = None, time_min: int = 60,
-          gpus_per_node: int = 1, cpus_per_task: int = 8) -> int:
+          gpus_per_node: int = 1, cpus_per_task: int = 8,
+          cluster: Literal["slurm", "local", "debug"] = "slurm") -> int:
     """Run every run of a study (skipping finished ones), then collect results.csv and curves.csv.
+
+    Exits 1 when a run did not finish (the summary lists them), 0 otherwise.
 
     Args:
         config: Study YAML file (or the name of a shipped study: demo, smoke, paper).
@@ -130,14 +135,15 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
         time_min: SLURM time limit per run, in minutes.
         gpus_per_node: SLURM GPUs per run.
         cpus_per_task: SLURM CPUs per run.
+        cluster: submitit executor of the slurm launcher: slurm, or local/debug to try a study here.
     """
     from replast.experiment import sweep as run_sweep
 
     summary = run_sweep(config, out=out, launcher=launcher, jobs=jobs, force=force, collect_only=collect,
                         slurm={"partition": partition, "time_min": time_min, "gpus_per_node": gpus_per_node,
-                               "cpus_per_task": cpus_per_task})
+                               "cpus_per_task": cpus_per_task, "cluster": cluster})
     console.print(str(summary))
-    return 0
+    return 0 if summary.ok else 1
 
 
 def report(out: str) -> int:

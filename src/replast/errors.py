@@ -5,6 +5,21 @@ Messages name the bad value and say what to do instead; they never need a traceb
 
 from __future__ import annotations
 
+import re
+
+# ANSI escape sequences (torch styles some of its messages) and other control characters.
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x1f\x7f]")
+
+
+def plain(text: str) -> str:
+    """`text` as one line of plain text: control characters and ANSI styling removed, whitespace collapsed."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def quote(error: BaseException, limit: int = 160) -> str:
+    """The first line of another library's error as plain text (its type name when empty), for a message."""
+    return plain(str(error).strip().partition("\n")[0])[:limit] or type(error).__name__
+
 
 class ReplastError(Exception):
     """Base class for every error a user can fix by changing their input."""

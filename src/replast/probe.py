@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from replast.errors import ConfigError, ModelError
+from replast.errors import ConfigError, ModelError, quote
 from replast.models.heads import classifier_name
 
 
@@ -211,10 +211,10 @@ def _run(
     for batch in batches:
         if n >= num_batches:
             break
-        x, y = _unpack(batch, device, model)
+        x, y = unpack_batch(batch, device, model)
         grad = n < grad_batches
         with torch.set_grad_enabled(grad):
-            out = _forward(model, x)
+            out = forward_checked(model, x)
             if grad:
                 _loss(out, y, labels).backward()
         n += 1
@@ -224,7 +224,8 @@ def _run(
     return n, samples, min(n, grad_batches)
 
 
-def _unpack(batch: object, device: torch.device, model: nn.Module) -> tuple[Tensor, Tensor]:
+def unpack_batch(batch: object, device: torch.device, model: nn.Module) -> tuple[Tensor, Tensor]:
+    """(x, y) of one batch on `device`; anything but float x with int labels [B] is a ConfigError."""
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], Tensor)):
         raise ConfigError(f"a batch is a {type(batch).__name__}: expected (x, y) tensors")
     x, y = batch[0], batch[1]
@@ -238,16 +239,16 @@ def _unpack(batch: object, device: torch.device, model: nn.Module) -> tuple[Tens
     return x.to(device, non_blocking=True), y.to(device, torch.long, non_blocking=True)
 
 
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
+def forward_checked(model: nn.Module, x: Tensor) -> Tensor:
+    """model(x) (first element of a tuple output); x that does not fit the model is a ConfigError."""
     try:
         out = model(x)
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"batch x of shape {list(x.shape)} ({x.dtype}) does not fit the model, which expects "
-            f"{expected_input(model)}: {first}"
+            f"{expected_input(model)}: {quote(e, 200)}"
         ) from e
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -260,11 +261,17 @@ def _loss(logits: Tensor, y: Tensor, labels: Labels) -> Tensor:
         )
     if labels == "argmax":
         y = logits.detach().argmax(1)
-    elif y.numel() and (y.min() < 0 or y.max() >= logits.shape[1]):
-        raise ConfigError(
-            f"labels span {int(y.min())}..{int(y.max())} but the model has {logits.shape[1]} classes"
-        )
+    else:
+        check_labels(y, logits.shape[1])
     return F.cross_entropy(logits.float(), y)
+
+
+def check_labels(y: Tensor, num_classes: int) -> None:
+    """Labels outside 0..num_classes-1 are a ConfigError (cross-entropy would fail with an index error)."""
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError(
+            f"labels span {int(y.min())}..{int(y.max())} but the model has {num_classes} classes"
+        )
 
 
 class _Recorder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import multiprocessing
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
+from replast.errors import plain
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 AHASH_SIDE = 16
 _POOL_MIN_FILES = 64  # below this a pool costs more than it saves
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # PIL names the BytesIO it was given
 
 
 @dataclass
@@ -86,8 +90,10 @@ def decode_file(path: str, size: int | None, draft: bool = True, ahash: bool = F
 
 
 def _reason(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    return text if "truncated" not in text else f"truncated image ({text})"
+    """`Type: message` on one line, without object reprs; truncated files say so first."""
+    text = plain(_OBJECT_REPR.sub("", str(e)))
+    reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return f"truncated image ({reason})" if "truncated" in text.lower() else reason
 
 
 def decode_files(

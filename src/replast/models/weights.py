@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from replast.errors import ModelError
+from replast.errors import ModelError, quote
 from replast.models.assets import Asset
 from replast.models.heads import classifier_name, replace_head
 
@@ -38,8 +38,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     except OSError as e:
         raise ModelError(f"cannot read weight file {path}: {e.strerror or e}") from e
     except Exception as e:  # torch, pickle, zipfile and safetensors each raise their own types on bad bytes
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path} is not a readable weight file (truncated, corrupt or unsafe: {first}); "
+        raise ModelError(f"{path} is not a readable weight file (truncated, corrupt or unsafe: {quote(e)}); "
                          "pass a .pth saved with torch.save(state_dict) or a .safetensors file") from e
     return _unwrap(raw, path)
 

@@ -43,10 +43,9 @@ def restore_plasticity(
     requires_grad flags are restored and its gradients cleared.
     """
     opts = make_options(
-        strategy=strategy, utility=utility, selection=selection, fraction=float(fraction), scheme=scheme,
-        exclude=exclude, seed=int(seed), threshold=float(threshold), layers=int(layers), level=level,
-        zero_outgoing=bool(zero_outgoing), batches=int(batches), shrink=float(shrink), perturb=float(perturb),
-        scope=scope, include=include, **options)
+        strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
+        seed=seed, threshold=threshold, layers=layers, level=level, zero_outgoing=zero_outgoing, batches=batches,
+        shrink=shrink, perturb=perturb, scope=scope, include=include, **options)
     plan = STRATEGIES.get(opts.strategy)(opts)
     if plan is None or (isinstance(plan.scope, Mapping) and not plan.scope):
         return ReinitReport(opts.strategy, opts.to_dict())  # auto-scope chose no layer: do no harm

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replast.errors import ConfigError
+from replast.probe import check_labels, forward_checked
 from replast.reinit import distributed
 from replast.reinit.units import group_by_unit
 
@@ -118,14 +119,13 @@ def _accumulate_grads(weights: dict[str, nn.Parameter], stats: Stats) -> None:
 
 def _run(model: nn.Module, batches: Iterable, weights: dict[str, nn.Parameter], needs_grad: bool,
          max_batches: int, stats: Stats) -> None:
-    device = next(model.parameters()).device
-    for i, batch in enumerate(batches):
+    for i, (x, y) in enumerate(batches):  # (x, y) on the model's device, checked by engine.checked
         if i >= max_batches:
             break
-        x, y = batch[0].to(device), batch[1].to(device)
         with torch.set_grad_enabled(needs_grad):
-            logits = logits_of(model(x))
+            logits = logits_of(forward_checked(model, x))
             if needs_grad:
+                check_labels(y, logits.shape[1])
                 F.cross_entropy(logits.float(), y).backward()
                 _accumulate_grads(weights, stats)
         stats.n_batches += 1

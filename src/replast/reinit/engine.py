@@ -7,7 +7,7 @@ and scored. Randomness comes from generators built from `seed` (one for scores, 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from replast.errors import ConfigError
+from replast.probe import unpack_batch
 from replast.reinit.collect import Stats, check_gradients_possible, collect, utility_mode
 from replast.reinit.options import Options
 from replast.reinit.pairing import UnitMap, pair_layers, unpaired
@@ -37,6 +38,13 @@ def peek(data: Iterable) -> tuple[Any, Iterable]:
     if first is None:
         raise ConfigError("the batch iterable is empty; the utility pass needs at least one (x, y) batch")
     return first, itertools.chain([first], iterator)
+
+
+def checked(model: nn.Module, data: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
+    """Each batch as (x, y) on the model's device, checked as `diagnose` checks it: anything but float x
+    with int labels [B] is a ConfigError naming the input the model expects, raised before it is used."""
+    device = next(model.parameters()).device
+    return (unpack_batch(batch, device, model) for batch in data)
 
 
 def unit_maps_for(model: nn.Module, target: Target, o: Options, first: Any | None) -> dict[str, UnitMap]:
@@ -71,7 +79,7 @@ def score(model: nn.Module, data: Iterable, target: Target, o: Options,
         check_gradients_possible(model, o.utility)
     needs_units = o.level == "unit" or utility.level == "unit"
     needs_pass = utility.needs_grad or utility.needs_act
-    first, stream = peek(data) if (needs_units or needs_pass) else (None, None)
+    first, stream = peek(checked(model, data)) if (needs_units or needs_pass) else (None, None)
     unit_maps = unit_maps_for(model, target, o, first if needs_units else None)
     stats: Stats | None = None
     if needs_pass:

@@ -7,6 +7,7 @@ lr_scale, lr_warmup_steps and schedule are accepted by `restore_plasticity` and 
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -15,6 +16,8 @@ from replast.errors import ConfigError
 from replast.reinit.registry import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES
 
 TRAINER_ONLY = frozenset({"lr_scale", "lr_warmup_steps", "schedule"})
+NUMBERS = {"fraction": float, "threshold": float, "shrink": float, "perturb": float,
+           "seed": int, "layers": int, "batches": int}
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def _range_errors(o: Options) -> list[str]:
     if o.level not in ("weight", "unit"):
         errors.append(f"level={o.level!r}: valid: unit, weight")
     if isinstance(o.scope, Mapping):
-        bad = {k: v for k, v in o.scope.items() if not 0.0 <= float(v) <= 1.0}
+        bad = {k: v for k, v in o.scope.items() if not (_is_number(v) and 0.0 <= v <= 1.0)}
         if bad:
             errors.append(f"scope fractions must be in [0, 1], got {bad}")
     elif o.scope == "auto":
@@ -79,9 +82,37 @@ def _range_errors(o: Options) -> list[str]:
     return errors
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _typed(known: dict[str, Any]) -> dict[str, Any]:
+    """Numbers cast to their field's type (numpy scalars, 3.0 for an int), once checked to be numbers."""
+    errors = []
+    for key, kind in NUMBERS.items():
+        if key not in known:
+            continue
+        value = known[key]
+        if not _is_number(value):
+            errors.append(f"{key}={value!r} is not a number")
+        elif kind is int and not float(value).is_integer():
+            errors.append(f"{key}={value!r} is not a whole number")
+        else:
+            known[key] = kind(value)
+    if "zero_outgoing" in known:
+        if known["zero_outgoing"] in (True, False):
+            known["zero_outgoing"] = bool(known["zero_outgoing"])
+        else:
+            errors.append(f"zero_outgoing={known['zero_outgoing']!r} must be true or false")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return known
+
+
 def make_options(**kwargs: Any) -> Options:
-    """Options from keyword values (patterns may be one string), validated; unknown keys raise."""
-    known = {k: v for k, v in kwargs.items() if k in Options.__dataclass_fields__}
+    """Options from keyword values (patterns may be one string), type-checked, cast and validated; unknown
+    keys raise."""
+    known = _typed({k: v for k, v in kwargs.items() if k in Options.__dataclass_fields__})
     check_unknown({k: v for k, v in kwargs.items() if k not in known})
     for key in ("exclude", "include"):
         if key in known:

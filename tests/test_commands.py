@@ -1,0 +1,116 @@
+"""The happy paths of the CLI subcommands, in-process on CPU: reinit, diagnose --compare, models, datasets,
+sweep (its exit codes and --cluster, with the fake trainer) and report. The real smoke study end to end is
+test_experiment.py's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from replast.data import list_datasets
+from replast.loading import load_model_and_data
+from replast.models import list_models
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic", "--image_size", "32",
+         "--batch_size", "8"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def flat(text: str) -> str:
+    """Printed text with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("REPLAST_CACHE", str(tmp_path / "cache"))
+
+
+def test_reinit_writes_the_model_and_changes_exactly_the_reported_entries(cli, tmp_path):
+    out = tmp_path / "model.safetensors"
+    torch.manual_seed(0)  # weights=none draws the initial model from the global generator
+    code, stdout, err = cli("reinit", *SMALL, "--reinit.batches", 2, "--reinit.fraction", 0.2, "--out", out)
+    assert code == 0, err
+    torch.manual_seed(0)
+    original, splits = load_model_and_data("mobilenetv2_050", "synthetic", weights="none", image_size=32,
+                                           seed=0)  # the CLI's default seed: same split, same class order
+    before = original.state_dict()
+    with safe_open(str(out), "pt") as f:
+        after = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    assert after.keys() == before.keys()
+    assert metadata["model"] == "mobilenetv2_050" and json.loads(metadata["classes"]) == splits.classes
+    changed = {k: int((after[k] != before[k]).sum()) for k in before}
+    report = json.loads(out.with_suffix(".json").read_text())
+    reported = {row["param"]: row["n_reset"] for row in report["rows"]}
+    assert report["strategy"] == "targeted" and report["n_batches"] == 2
+    assert 0 < report["n_reset"] < report["numel"]
+    assert sum(changed.values()) == report["n_reset"]
+    assert {k: n for k, n in changed.items() if n} == {k: n for k, n in reported.items() if n}
+    assert f"re-initialized {report['n_reset']} of {report['numel']}" in flat(stdout)
+
+
+def test_diagnose_with_compare_writes_tables_reference_and_plots(cli, tmp_path):
+    out = tmp_path / "diagnosis"
+    code, stdout, err = cli("diagnose", *SMALL, "--batches", "1", "--compare", "true", "--out", out)
+    assert code == 0, err
+    rows = json.loads((out / "diagnosis.json").read_text())["rows"]
+    reference = json.loads((out / "reference_diagnosis.json").read_text())["rows"]
+    assert rows and {r["layer"] for r in rows} == {r["layer"] for r in reference}
+    assert (out / "diagnosis.csv").read_text().startswith("layer,")
+    plots = sorted(out.glob("diagnosis_*.png"))
+    assert plots and all(p.read_bytes().startswith(PNG) for p in plots)
+    assert f"{len(plots)} plots" in flat(stdout)
+
+
+@pytest.mark.parametrize(("command", "names"), [("models", lambda: [m["name"] for m in list_models()]),
+                                                ("datasets", lambda: [d["name"] for d in list_datasets()])])
+def test_listings_name_every_entry(cli, command, names):
+    code, stdout, err = cli(command)
+    assert code == 0, err
+    expected = names()
+    assert expected and all(name in stdout for name in expected), stdout
+
+
+def test_sweep_then_report(cli, fake_trainer, tmp_path):
+    out = tmp_path / "smoke"
+    code, stdout, err = cli("sweep", "--config", ROOT / "studies" / "smoke.yaml", "--out", out, "--jobs", "2")
+    assert code == 0, err
+    assert "4 runs" in flat(stdout) and "4 finished now" in flat(stdout)
+    code, stdout, err = cli("report", out)
+    assert code == 0, err
+    assert "report.md" in flat(stdout) and (out / "report.html").exists()
+    assert "## synthetic × mobilenetv2_050" in (out / "report.md").read_text()
+
+
+def study(tmp_path: Path, seeds: list[int]) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "out": str(tmp_path / "out"),
+                                    "base": {"model": "resnet10t", "weights": "none", "data": "synthetic",
+                                             "epochs": 1}, "grid": {"seed": seeds}}))
+    return path
+
+
+def test_sweep_exits_1_when_a_run_does_not_finish(cli, fake_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CRASH", "1")  # the fake trainer crashes on seed 13
+    code, stdout, err = cli("sweep", "--config", study(tmp_path, [0, 13]))
+    assert code == 1, err
+    assert "1 not finished" in flat(stdout) and "simulated crash" in flat(stdout)
+    monkeypatch.delenv("FAKE_CRASH")
+    assert cli("sweep", "--config", study(tmp_path, [0, 13]))[0] == 0  # resumed: everything finished
+
+
+def test_sweep_cluster_option_picks_the_submitit_executor(cli, fake_trainer, tmp_path):
+    config = study(tmp_path, [0])
+    code, stdout, err = cli("sweep", "--config", config, "--launcher", "slurm", "--cluster", "debug")
+    assert code == 0, err
+    launch = next((tmp_path / "out" / "runs").glob("*/launch.json"))
+    assert (tmp_path / "out" / "slurm").is_dir() and json.loads(launch.read_text())["slurm_job_id"]
+    code, _, err = cli("sweep", "--config", config, "--cluster", "lsf")
+    assert code == 2 and "cluster" in err
