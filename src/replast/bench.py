@@ -128,7 +128,7 @@ def run_throughput(models: list[str] | None = None, sizes: list[int] | None = No
     workers = min(8, os.cpu_count() or 1)
     rows = [measure(m, s, batch_size, steps, fabric, workers) for m in models for s in sizes]
     device = _device_name(fabric.device)
-    record = {"device": device, "torch": torch.__version__, "precision": fabric._precision.precision
+    record = {"device": device, "torch": torch.__version__, "intra_op_threads": torch.get_num_threads(), "precision": fabric._precision.precision
               if hasattr(fabric._precision, "precision") else resolve_precision("auto", accelerator),
               "python": platform.python_version(), "results": rows,
               "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"}
