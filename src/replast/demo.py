@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from rich.console import Console
 from rich.table import Table
 
 from replast.experiment import collect, sweep
@@ -36,11 +37,12 @@ def run_demo(*, out: str, jobs: int, console) -> int:
     table.add_column("model", no_wrap=True)
     table.add_column("method", no_wrap=True)
     for _, title in SHOWN:
-        table.add_column(title, justify="right")
-    for _, row in results.iterrows():
+        table.add_column(title, justify="right", no_wrap=True)
+    for _, row in results.sort_values(["model", "reinit.strategy", "train.mode"]).iterrows():
         values = [row.get(key, math.nan) for key, _ in SHOWN]
         table.add_row(str(row.get("model")), strategy_label(row), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values))
-    console.print(table)
+    # Piped output gets rich's 80 columns, too narrow for this table: widen it there.
+    (console if console.is_terminal else Console(width=130)).print(table)
     for failure in failures:
         console.print(f"failed run: {failure}")
     for path in render(out):
