@@ -9,14 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from torch import nn
-
 from replast.reinit import ReinitSchedule, UpdateScaler, clear_optimizer_state, restore_plasticity
-
-
-def _module(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
+from replast.train import unwrap_model
 
 
 def attach(trainer: Any, report: Any, batches: list) -> None:
@@ -32,7 +26,7 @@ def attach(trainer: Any, report: Any, batches: list) -> None:
     def reapply(step: int) -> None:
         if not schedule.due(step):
             return
-        model = _module(trainer.model)
+        model = unwrap_model(trainer.model)
         again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, **options)
         clear_optimizer_state(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer, again.masks, model=model)
@@ -46,5 +40,5 @@ def attach(trainer: Any, report: Any, batches: list) -> None:
 def _set_scaler(trainer: Any, masks: dict) -> None:
     reinit = trainer.cfg.reinit
     scaler = UpdateScaler(trainer.optimizer, masks, reinit.lr_scale, reinit.lr_warmup_steps,
-                          model=_module(trainer.model))
+                          model=unwrap_model(trainer.model))
     trainer.optimizer_step = scaler.step

@@ -27,6 +27,7 @@ from replast import runfiles
 from replast.checkpoint import load_checkpoint, save_checkpoint
 from replast.config import FinetuneConfig
 from replast.errors import CheckpointError, ConfigError, NonFiniteError
+from replast.optim import current_lr
 
 LOG_EVERY = 25
 
@@ -175,7 +176,7 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         state = {
-            "model": _unwrap(self.model).state_dict(),
+            "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "train_state": self.state.to_dict(),
@@ -194,7 +195,7 @@ class Trainer:
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location="cpu")
         try:
-            _unwrap(self.model).load_state_dict(ckpt["model"])
+            unwrap_model(self.model).load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             ts = ckpt["train_state"]
@@ -299,7 +300,7 @@ class Trainer:
         state.epoch += 1
         state.position = 0
         val = evaluate(self.fabric, self.model, val_loader, self.num_classes)
-        row = {"epoch": state.epoch, "step": state.step, "lr": _lr(self.optimizer),
+        row = {"epoch": state.epoch, "step": state.step, "lr": current_lr(self.optimizer),
                **self._epoch_train_metrics, **{f"val_{k}": v for k, v in val.items()}}
         if self.tracker is not None:
             row.update({f"plasticity_{k}": v for k, v in self.tracker(self.model).items()})
@@ -313,11 +314,9 @@ class Trainer:
         self.fabric.log_dict({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=state.step)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under Fabric/DDP wrappers and torch.compile."""
     inner = getattr(model, "module", model)
     return getattr(inner, "_orig_mod", inner)
 
-
-def _lr(optimizer) -> float:
-    return max(g["lr"] for g in optimizer.param_groups)
 

@@ -18,6 +18,12 @@ def _whole_layers(o: Options) -> Mapping[str, float] | str:
     return {name: 1.0 for name in o.scope} if isinstance(o.scope, Mapping) else o.scope
 
 
+def _every_weight(o: Options, scheme: str) -> Options:
+    """All eligible weights of every layer get `scheme` (the whole-network baselines)."""
+    return replace(o, utility="magnitude", selection="per-layer", fraction=1.0, scheme=scheme, level="weight",
+                   scope=_whole_layers(o))
+
+
 @register_strategy("none")
 def none(o: Options) -> Options | None:
     """no re-initialization"""
@@ -33,8 +39,7 @@ def targeted(o: Options) -> Options:
 @register_strategy("shrink-perturb")
 def shrink_perturb(o: Options) -> Options:
     """every eligible weight becomes shrink·w + perturb·init (Ash & Adams 2020)"""
-    return replace(o, utility="magnitude", selection="per-layer", fraction=1.0, scheme="shrink-perturb",
-                   level="weight", scope=_whole_layers(o))
+    return _every_weight(o, "shrink-perturb")
 
 
 @register_strategy("redo")
@@ -58,12 +63,10 @@ def reinit_top_layers(o: Options) -> Options:
 @register_strategy("reinit-all")
 def reinit_all(o: Options) -> Options:
     """every eligible weight from its initializer (training from scratch, head aside)"""
-    return replace(o, utility="magnitude", selection="per-layer", fraction=1.0, scheme="init",
-                   level="weight", scope=_whole_layers(o))
+    return _every_weight(o, "init")
 
 
 @register_strategy("fire")
 def fire(o: Options) -> Options:
     """every eligible weight replaced by its nearest orthogonal matrix (FIRE)"""
-    return replace(o, utility="magnitude", selection="per-layer", fraction=1.0, scheme="orthogonal",
-                   level="weight", scope=_whole_layers(o))
+    return _every_weight(o, "orthogonal")
