@@ -93,3 +93,16 @@ def test_debug_shows_the_traceback(tiny_run_args):
     args = [sys.executable, "-m", "replast", "finetune", *tiny_run_args, "--epochs", "0", "--debug"]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_diagnose_flag_writes_diagnosis_before_and_after(cli, tiny_run_args, tmp_path):
+    code, _, err = cli("finetune", *tiny_run_args, "--diagnose", "true", "--reinit.strategy", "targeted",
+                       "--reinit.batches", "2")
+    assert code == 0, err
+    diagnosis = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
+    assert set(diagnosis) == {"before_reinit", "after_reinit", "after_training"}
+    rows = {r["layer"]: r for r in diagnosis["before_reinit"]["rows"]}
+    after = {r["layer"]: r for r in diagnosis["after_reinit"]["rows"]}
+    assert rows.keys() == after.keys()
+    # Re-initialization changed weights, so some weight norm differs right after it.
+    assert any(rows[k]["weight_norm"] != after[k]["weight_norm"] for k in rows if rows[k].get("weight_norm"))

@@ -134,7 +134,8 @@ class FinetuneConfig:
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     """Distributed strategy (Lightning Fabric)."""
     diagnose: bool = False
-    """Write diagnosis.json (per-layer plasticity) before and after fine-tuning."""
+    """Write diagnosis.json: per-layer plasticity on the utility batches before re-initialization, after it,
+    and after fine-tuning."""
     train: TrainConfig = field(default_factory=TrainConfig)
     reinit: ReinitConfig = field(default_factory=ReinitConfig)
 

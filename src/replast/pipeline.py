@@ -22,13 +22,14 @@ from torch import nn
 from replast import runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
+from replast.diagnosis import diagnose
 from replast.loading import first_batches, load_model_and_data
 from replast.models import classifier_name, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
 from replast.progress import epoch_progress
 from replast.reinit import restore_plasticity
 from replast.tracking import attach_tracker
-from replast.train import Trainer, evaluate, setup_fabric
+from replast.train import Trainer, evaluate, setup_fabric, unwrap_model
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -46,8 +47,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     loaders = _loaders(cfg, data, fabric)
     if cfg.train.mode == "linear-probe":
         _freeze_backbone(model)
-    utility_batches = _utility_batches(cfg, data, fabric) if cfg.reinit.strategy != "none" else []
+    needs_batches = cfg.reinit.strategy != "none" or cfg.diagnose
+    utility_batches = _utility_batches(cfg, data, fabric) if needs_batches else []
+    diagnoses = {"before_reinit": diagnose(model, utility_batches).to_dict()} if cfg.diagnose else {}
     reinit, reinit_files = _reinitialize(cfg, model, utility_batches, data, fabric)
+    if cfg.diagnose and reinit is not None:
+        diagnoses["after_reinit"] = diagnose(model, utility_batches).to_dict()
     if family == "cnn" and cfg.train.channels_last and fabric.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     trainer = _make_trainer(cfg, fabric, model, family, data.num_classes, len(loaders["train"]), run_dir)
@@ -65,8 +70,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if result.stopped is not None:
         return _stopped(fabric, run_dir, result)
     test = evaluate(fabric, trainer.model, loaders["test"], data.num_classes)
+    if cfg.diagnose:
+        diagnoses["after_training"] = diagnose(unwrap_model(trainer.model), utility_batches).to_dict()
     final = _final_record(cfg, trainer, test, reinit, time.perf_counter() - started)
     if fabric.is_global_zero:
+        if diagnoses:
+            write_json(run_dir / "diagnosis.json", diagnoses)
         write_json(run_dir / "final.json", final)
         runfiles.write_status(run_dir, runfiles.FINISHED)
     return {**final, "global_rank": fabric.global_rank}
