@@ -105,15 +105,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches of the utility pass")
     parser.add_argument("--steps", type=int, default=3, help="timed SGD steps, extrapolated to an epoch")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                        help="where to measure (all = CPU, and CUDA when available)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "reinit_overhead.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in (d, "all")]
+    devices = [d for d in devices if d.type == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        parser.error("--device cuda: no CUDA device is visible")
     results = {
         "setup": {"train_images": TRAIN_IMAGES, "image_size": args.image_size, "batch_size": args.batch_size,
                   "utility_batches": args.batches, "timed_steps": args.steps, "torch": torch.__version__,
                   "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                   "goals": GOALS, "weights": "random (pretrained=False): timing only",
                   "epoch": f"{args.steps} timed SGD steps (after 1 warm-up) × steps per epoch, extrapolated"},
         "runs": {d.type: {m: run_model(m, d, args) for m in args.models} for d in devices},

@@ -20,7 +20,7 @@ import yaml
 from replast import launchers
 from replast.errors import ConfigError, OutputError
 from replast.experiment import collect, config_hash, expand, load_study, sweep
-from replast.study import parse_study
+from replast.study import parse_study, select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,6 +157,29 @@ def test_paper_study_has_every_strategy_utility_and_fraction():
     assert {s.config["seed"] for s in specs} == set(range(5))
 
 
+# ---- parts of a study (--only) --------------------------------------------------------------------
+def test_only_selects_the_matching_part_of_the_paper_study():
+    specs = expand(load_study("paper"))
+    part = select(specs, "model=mobilenetv2_100 data=animal-mnist train_fraction=0.05")
+    assert len(part) == 22 * 5  # every strategy variant and seed of one model x dataset x size cell
+    assert {(s.config["model"], s.config["data"], s.config["train_fraction"]) for s in part} == {
+        ("mobilenetv2_100", "animal-mnist", 0.05)}
+    assert len(select(specs, "data=br35h,animal-mnist seed=0 reinit.utility=taylor reinit.strategy=targeted")) == 3 * 2 * 3 * 4
+    assert select(specs, "  ") == specs
+
+
+@pytest.mark.parametrize("only, match", [
+    ("modle=x", "unknown key 'modle' .did you mean 'model'"),
+    ("data", "'data' is not KEY=VALUE"),
+    ("data= seed=0", "'data=' is not KEY=VALUE"),
+    ("data=nope", "matches none of the study's"),
+    ("modle=x fraction", "unknown key 'modle'.*'fraction' is not KEY=VALUE"),  # all problems at once
+])
+def test_only_errors(only, match):
+    with pytest.raises(ConfigError, match=match):
+        select(expand(load_study("paper")), only)
+
+
 # ---- sweeps with the fake trainer ----------------------------------------------------------------
 def test_sweep_runs_all_then_skips_finished(fake_trainer, study_file, tmp_path):
     summary = sweep(study_file, jobs=2)
@@ -170,6 +193,14 @@ def test_sweep_runs_all_then_skips_finished(fake_trainer, study_file, tmp_path):
     assert json.loads((out / "study.json").read_text())["name"] == "tiny"
     again = sweep(study_file)
     assert again.launched == [] and len(again.skipped) == 6
+
+
+def test_sweep_only_runs_one_part_and_a_later_sweep_the_rest(fake_trainer, study_file, tmp_path, cli):
+    code, out, _ = cli("sweep", "--config", study_file, "--only", "reinit.strategy=targeted seed=1")
+    assert code == 0 and "2 launched" in " ".join(out.split())
+    assert sorted(statuses(tmp_path / "out").values()) == ["finished"] * 2
+    rest = sweep(study_file)
+    assert len(rest.skipped) == 2 and len(rest.finished) == 4
 
 
 def test_crash_is_isolated_listed_and_resumed(fake_trainer, tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
     replast bench --models [mobilenetv2_100] --sizes [128]      # or: python benchmarks/throughput.py
 
-All three run the same model, optimizer, batch size and precision on the same Br35H images:
+All three run the same model, optimizer, batch size and precision on the same images (Br35H by default, or
+any `imagefolder:PATH`):
 `replast` = the fine-tuning step of `replast finetune` over the device-resident, device-augmented loader;
 `reference` = torchvision ImageFolder + RandomResizedCrop/flip + a standard DataLoader (workers, pinned memory);
 `synthetic` = random tensors already on the device (the upper bound for any data pipeline).
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from lightning.fabric import Fabric
 
 from replast.data import load_dataset
-from replast.data.sources import br35h_root
+from replast.data.imagefolder import ImageFolderSource
+from replast.data.registry import resolve_source
+from replast.errors import ConfigError
 from replast.models import load_model
 from replast.train import resolve_precision
 
@@ -58,8 +61,8 @@ def _forever(make: Callable[[], Iterable]) -> Iterator:
         yield from make()
 
 
-def _train_step(fabric: Fabric, name: str, size: int, num_classes: int):
-    model, preprocessing = load_model(name, num_classes=num_classes, weights="pretrained")
+def _train_step(fabric: Fabric, name: str, size: int, num_classes: int, weights: str):
+    model, preprocessing = load_model(name, num_classes=num_classes, weights=weights)
     if fabric.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -77,24 +80,37 @@ def _train_step(fabric: Fabric, name: str, size: int, num_classes: int):
     return step, preprocessing.with_size(size)
 
 
-def _reference_loader(preprocessing, size: int, batch_size: int, workers: int):
+def image_folder(data: str) -> ImageFolderSource:
+    """The image-file source both pipelines read; the reference loop needs files, so MNIST-likes are refused."""
+    source = resolve_source(data)
+    if not isinstance(source, ImageFolderSource):
+        raise ConfigError(f"bench --data {data!r}: the reference DataLoader loop reads image files; "
+                          "pass br35h or imagefolder:PATH")
+    source.fingerprint()  # a missing folder or package fails here, in one line, before any model loads
+    return source
+
+
+def _reference_loader(root: Path, preprocessing, size: int, batch_size: int, workers: int):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([
         transforms.RandomResizedCrop(size, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(preprocessing.mean, preprocessing.std),
     ])
-    images = datasets.ImageFolder(str(br35h_root()), transform=transform,
+    images = datasets.ImageFolder(str(root), transform=transform,
                                   loader=lambda p: datasets.folder.default_loader(p).convert("RGB"))
     return torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), drop_last=True,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
-def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, workers: int) -> dict[str, Any]:
+def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, workers: int,
+            data_name: str = "br35h", weights: str = "pretrained") -> dict[str, Any]:
     """Images/s of the three pipelines for one model and image size."""
-    step, preprocessing = _train_step(fabric, name, size, num_classes=2)
-    data = load_dataset("br35h", preprocessing, image_size=size, device=fabric.device)
+    source = image_folder(data_name)
+    classes = len(source.list_files()[0])
+    step, preprocessing = _train_step(fabric, name, size, num_classes=classes, weights=weights)
+    data = load_dataset(data_name, preprocessing, image_size=size, device=fabric.device)
     loader = data.loader("train", batch_size, train=True, seed=0)
     epochs = iter(range(10**6))
 
@@ -103,8 +119,8 @@ def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, w
         return loader
 
     x = torch.randn(batch_size, 3, size, size, device=fabric.device)
-    y = torch.randint(0, 2, (batch_size,), device=fabric.device)
-    reference = _reference_loader(preprocessing, size, batch_size, workers)
+    y = torch.randint(0, classes, (batch_size,), device=fabric.device)
+    reference = _reference_loader(source.root, preprocessing, size, batch_size, workers)
     results = {
         "synthetic": _timed(step, _forever(lambda: [(x, y)]), steps, batch_size, fabric.device),
         "replast": _timed(step, _forever(replast_epoch), steps, batch_size, fabric.device),
@@ -119,19 +135,22 @@ def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, w
 
 
 def run_throughput(models: list[str] | None = None, sizes: list[int] | None = None, batch_size: int = 64,
-                   steps: int = 20, out: str | None = None, console=None) -> int:
+                   steps: int = 20, out: str | None = None, console=None, data: str = "br35h",
+                   weights: str = "pretrained") -> int:
     accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     fabric = Fabric(accelerator=accelerator, devices=1, precision=resolve_precision("auto", accelerator))
     torch.backends.cudnn.benchmark = True
     models = models or ["mobilenetv2_100", "efficientnet_lite0"]
     sizes = sizes or ([128, 224] if accelerator == "cuda" else [128])
     workers = min(8, os.cpu_count() or 1)
-    rows = [measure(m, s, batch_size, steps, fabric, workers) for m in models for s in sizes]
+    image_folder(data)  # refuse a dataset without image files before loading anything
+    rows = [measure(m, s, batch_size, steps, fabric, workers, data, weights) for m in models for s in sizes]
     device = _device_name(fabric.device)
     record = {"device": device, "torch": torch.__version__, "intra_op_threads": torch.get_num_threads(), "precision": fabric._precision.precision
               if hasattr(fabric._precision, "precision") else resolve_precision("auto", accelerator),
-              "python": platform.python_version(), "results": rows,
-              "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"}
+              "python": platform.python_version(), "data": data, "weights": weights, "results": rows,
+              "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"
+                         f" --data {data} --weights {weights}"}
     path = Path(out or f"benchmarks/results/throughput_{'cpu' if accelerator == 'cpu' else device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -119,7 +119,7 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
 def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm"] = "local", jobs: int = 1,
           force: bool = False, collect: bool = False, partition: str | None = None, time_min: int = 60,
           gpus_per_node: int = 1, cpus_per_task: int = 8,
-          cluster: Literal["slurm", "local", "debug"] = "slurm") -> int:
+          cluster: Literal["slurm", "local", "debug"] = "slurm", only: str | None = None) -> int:
     """Run every run of a study (skipping finished ones), then collect results.csv and curves.csv.
 
     Exits 1 when a run did not finish (the summary lists them), 0 otherwise.
@@ -136,12 +136,13 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
         gpus_per_node: SLURM GPUs per run.
         cpus_per_task: SLURM CPUs per run.
         cluster: submitit executor of the slurm launcher: slurm, or local/debug to try a study here.
+        only: Run one part of the study: "KEY=VALUE[,VALUE…] …", e.g. "data=br35h train_fraction=0.05".
     """
     from replast.experiment import sweep as run_sweep
 
     summary = run_sweep(config, out=out, launcher=launcher, jobs=jobs, force=force, collect_only=collect,
                         slurm={"partition": partition, "time_min": time_min, "gpus_per_node": gpus_per_node,
-                               "cpus_per_task": cpus_per_task, "cluster": cluster})
+                               "cpus_per_task": cpus_per_task, "cluster": cluster}, only=only)
     console.print(str(summary))
     return 0 if summary.ok else 1
 
@@ -160,7 +161,7 @@ def report(out: str) -> int:
 
 
 def bench(models: list[str] | None = None, sizes: list[int] | None = None, batch_size: int = 64,
-          steps: int = 20, out: str | None = None) -> int:
+          steps: int = 20, out: str | None = None, data: str = "br35h", weights: str = "pretrained") -> int:
     """Training images/s of replast against a plain DataLoader loop and a synthetic on-device upper bound.
 
     Args:
@@ -169,10 +170,13 @@ def bench(models: list[str] | None = None, sizes: list[int] | None = None, batch
         batch_size: Images per step.
         steps: Timed steps per measurement (after warm-up).
         out: JSON output (default: benchmarks/results/throughput_<device>.json).
+        data: Images both pipelines read: br35h or imagefolder:PATH.
+        weights: pretrained, none or a file (speed does not depend on the values).
     """
     from replast.bench import run_throughput
 
-    return run_throughput(models=models, sizes=sizes, batch_size=batch_size, steps=steps, out=out, console=console)
+    return run_throughput(models=models, sizes=sizes, batch_size=batch_size, steps=steps, out=out, console=console,
+                          data=data, weights=weights)
 
 
 def demo(out: str = "runs/demo", jobs: int = 1) -> int:

@@ -24,7 +24,7 @@ from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.errors import ConfigError, OutputError
 from replast.store import RunRecord, Store, collect
-from replast.study import RunSpec, Study, config_hash, expand, load_study
+from replast.study import RunSpec, Study, config_hash, expand, load_study, select
 
 __all__ = ["SweepSummary", "claim_out", "collect", "config_hash", "expand", "load_study", "sweep"]
 
@@ -124,15 +124,16 @@ def _plan(out: Path, specs: list[RunSpec], store: Store, summary: SweepSummary) 
 
 def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None, launcher: str = "local",
           jobs: int = 1, force: bool = False, collect_only: bool = False,
-          slurm: Mapping[str, Any] | None = None, wait: bool = True) -> SweepSummary:
+          slurm: Mapping[str, Any] | None = None, wait: bool = True, only: str | None = None) -> SweepSummary:
     """Run every unfinished run of a study, then write results.csv and curves.csv.
 
     `jobs`: runs at once (local), or the most array tasks at once (slurm; 1 = no limit).
     `slurm`: partition, time_min, gpus_per_node, cpus_per_task, cluster (slurm | local | debug).
     `wait=False` (slurm only) returns once submitted; `replast sweep --collect` gathers results later.
+    `only`: run just the matching part of the study (see `replast.study.select`).
     """
     study = load_study(study_path)
-    specs = expand(study)
+    specs = select(expand(study), only)
     out_dir = Path(out or study.out)
     summary = SweepSummary(study.name, out_dir, len(specs))
     if collect_only:

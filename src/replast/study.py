@@ -234,3 +234,30 @@ def _dedupe(specs: list[RunSpec], study_name: str) -> list[RunSpec]:
             continue
         unique[spec.hash] = spec
     return list(unique.values())
+
+
+# ---- parts of a study ----------------------------------------------------------------------------
+def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    """The runs matching every filter of `only`: "KEY=VALUE[,VALUE…] KEY=…" (values read as YAML).
+
+    Lets a study run in parts (`--only "data=animal-mnist train_fraction=0.05"`); the other runs stay
+    queued for a later sweep. One ConfigError lists every malformed filter and unknown key.
+    """
+    if not only or not only.strip():
+        return specs
+    keys, errors, wanted = config_keys(), [], {}
+    for item in only.split():
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            errors.append(f"filter {item!r} is not KEY=VALUE[,VALUE…] (e.g. data=br35h,animal-mnist)")
+        elif error := _key_error(key, "--only", keys):
+            errors.append(error)
+        else:
+            wanted[key] = [yaml.safe_load(v) for v in values.split(",")]
+    if errors:
+        raise ConfigError("; ".join(errors))
+    chosen = [s for s in specs if all(flatten(s.config).get(k) in vs for k, vs in wanted.items())]
+    if not chosen:
+        raise ConfigError(f"--only {only!r} matches none of the study's {len(specs)} runs; "
+                          "check the values against the study file")
+    return chosen

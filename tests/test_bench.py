@@ -1,0 +1,51 @@
+"""`replast bench`: the three pipelines side by side on the same image files, its JSON, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Three classes of 40×48 JPEGs (an odd class count, so the head is sized from the folder)."""
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / f"c{c}" / f"{i}.jpg")
+    return tmp_path / "imgs"
+
+
+def test_bench_writes_the_three_rates_and_their_ratios(cli, image_folder, tmp_path):
+    out = tmp_path / "bench.json"
+    code, stdout, _ = cli("bench", "--models", "[mobilenetv2_050]", "--sizes", "[32]", "--batch_size", "4",
+                          "--steps", "2", "--data", f"imagefolder:{image_folder}", "--weights", "none",
+                          "--out", out)
+    assert code == 0, stdout
+    record = json.loads(out.read_text())
+    assert record["data"] == f"imagefolder:{image_folder}" and record["weights"] == "none"
+    assert record["device"].startswith("cpu-") and "--data imagefolder:" in record["command"]
+    (row,) = record["results"]
+    assert (row["model"], row["image_size"], row["batch_size"], row["steps"]) == ("mobilenetv2_050", 32, 4, 2)
+    rates = {k: row[k]["images_per_s"] for k in ("replast", "reference", "synthetic")}
+    assert all(r > 0 for r in rates.values())
+    assert row["replast_vs_reference"] == pytest.approx(rates["replast"] / rates["reference"])
+    assert row["replast_vs_synthetic"] == pytest.approx(rates["replast"] / rates["synthetic"])
+    assert "x reference" in stdout and str(out) in stdout.replace("\n", "")
+
+
+@pytest.mark.parametrize("data, message", [
+    ("animal-mnist", "reference DataLoader loop reads image files; pass br35h or imagefolder:PATH"),
+    ("imagefolder:/nonexistent/folder", "does not exist"),
+    ("nosuchdata", "unknown dataset"),
+])
+def test_bench_refuses_data_it_cannot_compare_on(cli, data, message, tmp_path):
+    out = tmp_path / "bench.json"
+    code, _, err = cli("bench", "--data", data, "--out", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
