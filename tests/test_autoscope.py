@@ -3,6 +3,8 @@ reference batches are offline and seeded; diagnosis plots are written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -79,3 +81,16 @@ def test_plot_diagnosis_writes_one_png_per_metric(tmp_path):
     assert {"diagnosis_dormant_fraction.png", "diagnosis_plasticity_score.png"} <= names
     assert "diagnosis_relu6_cap_fraction.png" not in names  # no ReLU6 in this model: nothing to draw
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_pipeline_counts_the_scope_diagnosis_in_the_reinit_overhead(cli, tiny_run_args, tmp_path):
+    """scope auto spends diagnosis passes before re-initializing; they belong to the reported overhead."""
+    code, _, err = cli("finetune", *tiny_run_args, "--reinit.strategy", "targeted", "--reinit.scope", "auto")
+    assert code == 0, err
+    run = tmp_path / "run"
+    scope = json.loads((run / "autoscope.json").read_text())
+    report = json.loads((run / "reinit_report.json").read_text())
+    final = json.loads((run / "final.json").read_text())
+    assert scope["time_s"] > 0 and report["scope_time_s"] == pytest.approx(scope["time_s"])
+    assert report["total_time_s"] >= report["scope_time_s"] + report["utility_time_s"] + report["select_time_s"]
+    assert final["reinit_time_s"] == pytest.approx(report["total_time_s"])

@@ -151,6 +151,9 @@ def test_paper_study_has_every_strategy_utility_and_fraction():
     targeted = [s.config["reinit"] for s in specs if s.config["reinit"]["strategy"] == "targeted"]
     assert {r["utility"] for r in targeted} == {"magnitude", "taylor", "fisher", "random"}
     assert {r["fraction"] for r in targeted} == {0.05, 0.1, 0.2, 0.3}
+    # fraction only means something with scope all; scope auto sets per-layer fractions itself
+    assert {(r["scope"], r["fraction"]) for r in targeted if r["utility"] == "taylor"} == {
+        ("all", 0.05), ("all", 0.1), ("all", 0.2), ("all", 0.3), ("auto", 0.1)}
     strategies = {(s.config["reinit"]["strategy"], s.config["train"]["mode"]) for s in specs}
     assert {("none", "finetune"), ("none", "linear-probe"), ("reinit-all", "finetune"), ("redo", "finetune"),
             ("shrink-perturb", "finetune"), ("reinit-top-layers", "finetune")} <= strategies
@@ -161,10 +164,10 @@ def test_paper_study_has_every_strategy_utility_and_fraction():
 def test_only_selects_the_matching_part_of_the_paper_study():
     specs = expand(load_study("paper"))
     part = select(specs, "model=mobilenetv2_100 data=animal-mnist train_fraction=0.05")
-    assert len(part) == 22 * 5  # every strategy variant and seed of one model x dataset x size cell
+    assert len(part) == 23 * 5  # every strategy variant and seed of one model x dataset x size cell
     assert {(s.config["model"], s.config["data"], s.config["train_fraction"]) for s in part} == {
         ("mobilenetv2_100", "animal-mnist", 0.05)}
-    assert len(select(specs, "data=br35h,animal-mnist seed=0 reinit.utility=taylor reinit.strategy=targeted")) == 3 * 2 * 3 * 4
+    assert len(select(specs, "data=br35h,animal-mnist seed=0 reinit.utility=taylor reinit.strategy=targeted")) == 3 * 2 * 3 * 5
     assert select(specs, "  ") == specs
 
 

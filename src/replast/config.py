@@ -62,7 +62,8 @@ class ReinitConfig:
     selection: str = "per-layer"
     """per-layer | global | threshold | top-layers | bottom-layers."""
     fraction: float = 0.1
-    """Fraction p re-initialized (per-layer and global selections)."""
+    """Fraction p re-initialized (per-layer and global selections; unused with scope auto, which sets each
+    chosen layer's fraction itself)."""
     threshold: float = 0.1
     """tau for the threshold selection (normalized score <= tau is reset)."""
     layers: int = 1
@@ -86,7 +87,8 @@ class ReinitConfig:
     include: list[str] = field(default_factory=list)
     """Module-name patterns to restrict eligible layers to (empty = all eligible)."""
     scope: str = "all"
-    """all | auto (choose layers that are more saturated on the data than on natural photos)."""
+    """all | auto (choose layers that are more saturated on the data than on natural photos; each chosen
+    layer's fraction is its excess saturation, at most 0.3, and `fraction` is not used)."""
     shrink: float = 0.4
     """lambda of shrink-and-perturb."""
     perturb: float = 0.1

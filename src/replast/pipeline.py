@@ -129,11 +129,17 @@ def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fa
         return None, {}
     files: dict[str, Any] = {}
     options = asdict(cfg.reinit)
+    scope_time = 0.0
     if cfg.reinit.scope == "auto":
+        started = time.perf_counter()
         scope = _auto_scope(cfg, model, data, batches)
+        scope_time = time.perf_counter() - started
         options["scope"] = scope.fractions
-        files["autoscope.json"] = {"fractions": scope.fractions, "reason": scope.reason}
+        files["autoscope.json"] = {"fractions": scope.fractions, "reason": scope.reason, "time_s": scope_time}
     report = restore_plasticity(model, batches, seed=cfg.seed, **options)
+    # Choosing the layers costs diagnosis passes: count them, or the overhead of scope auto looks free.
+    report.scope_time_s = scope_time
+    report.total_time_s += scope_time
     report.mask_digests = _mask_digests(fabric, report.masks)
     if len(set(report.mask_digests)) != 1:
         raise RuntimeError(f"re-initialization masks differ across ranks: {report.mask_digests}")

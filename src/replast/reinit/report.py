@@ -42,6 +42,8 @@ class ReinitReport:
     """Forward trace + utility passes (forward/backward over the batches)."""
     select_time_s: float = 0.0
     """Scoring + selection + resampling."""
+    scope_time_s: float = 0.0
+    """Diagnosis passes that chose the layers (`scope=auto` in the pipeline; 0 otherwise), part of the total."""
     n_batches: int = 0
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -62,6 +64,7 @@ class ReinitReport:
             "total_time_s": self.total_time_s,
             "utility_time_s": self.utility_time_s,
             "select_time_s": self.select_time_s,
+            "scope_time_s": self.scope_time_s,
             "n_batches": self.n_batches,
             "rows": [asdict(r) for r in self.rows],
         }
