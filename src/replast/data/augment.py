@@ -14,17 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from replast.transfer import host_to_device
+
 SCALE = (0.5, 1.0)
 RATIO = (3 / 4, 4 / 3)
-
-
-def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small CPU tensor without stalling the host: a blocking copy to a GPU waits for every queued
-    kernel (the previous training step), which keeps the CPU from queuing the next one. Pinned memory
-    makes the copy truly asynchronous; the caching host allocator keeps it alive until the copy is done."""
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
@@ -50,8 +43,7 @@ class CropParams:
         return CropParams(*(getattr(self, f.name)[sl] for f in fields(self)))
 
     def to(self, device: torch.device | str) -> CropParams:
-        packed = host_to_device(torch.stack([getattr(self, f.name).long() for f in fields(self)]),
-                                torch.device(device))  # one copy, not five
+        packed = host_to_device(torch.stack([getattr(self, f.name).long() for f in fields(self)]), device)  # one copy
         top, left, height, width, flip = packed.unbind(0)
         return CropParams(top, left, height, width, flip.bool())
 

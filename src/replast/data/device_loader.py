@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from replast.data.augment import host_to_device
 from replast.data.batches import Batch, BatchLoader
+from replast.transfer import host_to_device
 
 
 def _device_key(device: torch.device | str) -> torch.device:
@@ -53,5 +53,5 @@ class DeviceLoader(BatchLoader):
 
     def _fetch(self, idx: torch.Tensor) -> Batch:
         images, labels = self.store.on(self.device)
-        idx = host_to_device(idx, torch.device(self.device))
+        idx = host_to_device(idx, self.device)
         return images.index_select(0, idx), labels.index_select(0, idx)

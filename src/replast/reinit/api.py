@@ -21,7 +21,7 @@ from replast.reinit.init_rules import family_of
 from replast.reinit.options import Options, make_options, validate
 from replast.reinit.registry import SCHEMES, SELECTIONS, STRATEGIES
 from replast.reinit.report import ReinitReport
-from replast.reinit.rows import build_rows
+from replast.reinit.rows import build_rows, param_norms
 from replast.reinit.selection import SelectionInput
 from replast.reinit.target import Target, resolve_target
 
@@ -81,7 +81,7 @@ def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
         f"{bn}.{k}" for bn in edits.bn for k in ("weight", "bias") if f"{bn}.{k}" in params]
     wanted = {f"{n}.weight" for n in target.layers} | set(touched)
     watched = [n for n in params if n in wanted]
-    before = {n: float(params[n].detach().float().norm()) for n in watched}
+    before = param_norms(params, watched)
     written = apply_edits(model, edits, SCHEMES.get(o.scheme), o.shrink, o.perturb, family_of(model), value_gen)
     distributed.broadcast_from_rank0([params[n] for n in written] + _bn_buffers(modules, edits.bn))
     end = perf_counter()
@@ -89,8 +89,8 @@ def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
                           utility_time_s=seconds["utility"],
                           select_time_s=seconds["scoring"] + (end - t_select), n_batches=scored.n_batches)
     report.masks = {n: written.get(n, torch.zeros_like(params[n], dtype=torch.bool)) for n in watched}
-    report.rows = build_rows(target.layers, scored, o.level, report.masks, before,
-                             {n: float(params[n].detach().float().norm()) for n in watched}, edits.notes)
+    report.rows = build_rows(target.layers, scored, o.level, report.masks, before, param_norms(params, watched),
+                             edits.notes)
     return report
 
 

@@ -17,6 +17,7 @@ from replast.reinit.init_rules import init_values
 from replast.reinit.pairing import UnitMap
 from replast.reinit.schemes import SchemeInput
 from replast.reinit.units import input_channel_mask, row_mask
+from replast.transfer import host_to_device, host_values
 
 
 @dataclass
@@ -80,15 +81,16 @@ def apply_edits(model: nn.Module, edits: Edits, scheme, shrink: float, perturb: 
     """Write new values; returns {param name: bool mask of every entry written}."""
     modules = dict(model.named_modules())
     written: dict[str, Tensor] = {}
+    any_reset = dict(zip(edits.reset, host_values([r.any() for r in edits.reset.values()]), strict=True))
     for name, param in model.named_parameters():
         reset, zero = edits.reset.get(name), edits.zero.get(name)
         if reset is None and zero is None:
             continue
         owner, _, kind = name.rpartition(".")
         value = param.detach()
-        if reset is not None and bool(reset.any()):
+        if reset is not None and any_reset[name]:
             module = modules[owner]
-            fresh = init_values(module, kind, families.get(owner, ""), generator).to(param.device)
+            fresh = host_to_device(init_values(module, kind, families.get(owner, ""), generator), param.device)
             spec = SchemeInput(shrink, perturb, getattr(module, "groups", 1))
             new = scheme(value, fresh, spec).to(param.dtype)
             value = torch.where(reset, new, value)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from replast.reinit.engine import Scored
 from replast.reinit.report import LayerRow
+from replast.transfer import host_values
+
+
+def param_norms(params: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, float]:
+    return dict(zip(names, host_values([params[n].detach().float().norm() for n in names]), strict=True))
 
 
 def _note(layer: str, scored: Scored, level: str, because: set[str] | None) -> str:
@@ -25,15 +31,19 @@ def build_rows(layers: Sequence[str], scored: Scored, level: str, masks: Mapping
                before: Mapping[str, float], after: Mapping[str, float],
                notes: Mapping[str, set[str]]) -> list[LayerRow]:
     score_of = dict(zip(layers, scored.scores, strict=True))
+    counts = [int(n) for n in host_values([m.sum() for m in masks.values()])]
+    scored_params = [p for p in masks if p.rpartition(".")[0] in score_of and p.endswith(".weight")]
+    stats = host_values([f(score_of[p.rpartition(".")[0]].float()) for p in scored_params
+                         for f in (torch.mean, torch.amin, torch.amax)])
+    stats_of = {p: stats[3 * i:3 * i + 3] for i, p in enumerate(scored_params)}
     rows = []
-    for param, mask in masks.items():
+    for (param, mask), n in zip(masks.items(), counts, strict=True):
         layer = param.rpartition(".")[0]
-        n, numel = int(mask.sum()), mask.numel()
+        numel = mask.numel()
         row = LayerRow(layer, param, numel, n, n / numel if numel else 0.0, before[param], after[param],
                        level=scored.levels.get(layer, level),
                        note=_note(layer, scored, level, notes.get(param)))
-        if layer in score_of and param.endswith(".weight"):
-            s = score_of[layer].float()
-            row.utility_mean, row.utility_min, row.utility_max = float(s.mean()), float(s.min()), float(s.max())
+        if param in stats_of:
+            row.utility_mean, row.utility_min, row.utility_max = stats_of[param]
         rows.append(row)
     return rows
