@@ -354,4 +354,6 @@ def test_smoke_study_end_to_end(tmp_path):
     render(tmp_path / "smoke")
     md = (tmp_path / "smoke" / "report.md").read_text()
     assert "## synthetic × mobilenetv2_050" in md and "| targeted | 2 |" in md
+    assert "### Per-layer diagnostics" in md and "of the 4 runs made with `--diagnose true`" in md
+    assert (tmp_path / "smoke" / "report" / "figures" / "c00-layers.png").stat().st_size > 1000
     assert elapsed < 90, f"smoke study took {elapsed:.0f} s; it must stay well under a minute on an idle CPU"

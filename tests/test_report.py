@@ -122,6 +122,47 @@ def test_report_files_figures_and_failures(study_out):
     assert not re.search(r'(src|href)="(?!data:)', html)  # nothing outside the file
 
 
+def _diagnosis(scores: dict[str, tuple[float, float]], ranks: dict[str, float]) -> dict:
+    """diagnosis.json with two weighted layers per stage (plus an activation row that must be ignored)."""
+    return {stage: {"features": {"effective_rank": ranks.get(stage)}, "rows": [
+        {"layer": "a", "kind": "param", "depth": 1, "plasticity_score": a, "dormant_fraction": 0.5,
+         "small_grad_fraction": 0.25},
+        {"layer": "b", "kind": "param", "depth": 2, "plasticity_score": b, "dormant_fraction": 0.5,
+         "small_grad_fraction": None},
+        {"layer": "b.act", "kind": "activation", "depth": 3, "plasticity_score": 9.0, "dormant_fraction": 9.0},
+    ]} for stage, (a, b) in scores.items()}
+
+
+def test_per_layer_diagnostics_before_and_after_reinit_known_answers(study_out):
+    render(study_out)  # no run has diagnosis.json yet: no section
+    assert "Per-layer diagnostics" not in (study_out / "report.md").read_text()
+    runs = pd.read_csv(study_out / "report" / "runs.csv")
+    runs = runs[runs["data"] == "br35h"]
+    plain = _diagnosis({"before_reinit": (0.2, 0.4), "after_reinit": (0.2, 0.4), "after_training": (0.1, 0.3)},
+                       {"before_reinit": 10.0, "after_training": 20.0})
+    reset = _diagnosis({"before_reinit": (0.2, 0.4), "after_reinit": (0.0, 0.2), "after_training": (0.1, 0.1)},
+                       {"before_reinit": 10.0, "after_training": 30.0})
+    for run_hash, arm in zip(runs["hash"], runs["arm"], strict=True):
+        path = study_out / "runs" / run_hash / "diagnosis.json"
+        if arm == "none":
+            path.write_text(json.dumps(plain))
+        elif arm == "targeted (fraction=0.1)":
+            path.write_text(json.dumps(reset))
+        elif arm == "linear-probe":
+            path.write_text("{not json")  # damaged: counted and left out, the report still renders
+    render(study_out)
+    md = (study_out / "report.md").read_text()
+    section = md.split("## br35h × mobilenetv2_100")[1].split("## fashion-mnist")[0]
+    assert "### Per-layer diagnostics" in section and "of the 6 runs made with `--diagnose true`" in section
+    assert "3 diagnosis.json file(s) could not be read" in section
+    assert "| none | 3 | 0.300 → 0.300 → 0.200 | 50.0 → 50.0 → 50.0 | 25.0 → 25.0 → 25.0 | 10.000 → 20.000 |" in section
+    assert "| targeted (fraction=0.1) | 3 | 0.300 → 0.100 → 0.100 | 50.0 → 50.0 → 50.0 | 25.0 → 25.0 → 25.0 | " \
+           "10.000 → 30.000 |" in section
+    assert "Per-layer diagnostics" not in md.split("## fashion-mnist")[1]  # no diagnosis there: no section
+    figure = study_out / "report" / "figures" / "c00-layers.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "c00-layers.png" in section
+
+
 def test_report_from_results_csv_alone_and_with_nothing_finished(study_out, tmp_path):
     from replast.experiment import collect
 

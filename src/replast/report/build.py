@@ -18,7 +18,7 @@ import pandas as pd
 from replast.checkpoint import atomic_write, write_text
 from replast.errors import OutputError
 from replast.experiment import collect
-from replast.report import plots
+from replast.report import layers, plots
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
 from replast.report.markdown import to_markdown
@@ -119,7 +119,8 @@ def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: l
     colors = plots.arm_colors(arms)
     for i, cond in enumerate(conds):
         blocks += [Heading(2, cond.title), Paragraph(sentence(cond.table, cond.has_baseline)),
-                   Table(HEADERS, _table_rows(cond.table)), *_figures(i, cond, curves, colors)]
+                   Table(HEADERS, _table_rows(cond.table)), *_figures(i, cond, curves, colors),
+                   *layers.diagnosis_blocks(out, i, cond.runs, colors, cond.title)]
     if not conds:
         blocks.append(Paragraph("No finished runs yet, so there is nothing to compare."))
     return blocks + _failures(failures)

@@ -23,7 +23,7 @@ def arm_colors(arms: Sequence[str]) -> dict[str, tuple]:
     return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
@@ -40,7 +40,7 @@ def _band(ax, curves: pd.DataFrame, column: str, label: str, color, scale: float
                     color=color, alpha=0.2, linewidth=0)
 
 
-def _legend(ax, n: int) -> None:
+def add_legend(ax, n: int) -> None:
     if n > 6:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
@@ -63,8 +63,8 @@ def learning_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: Map
     ax.set_ylabel("Validation accuracy (%)")
     ax.set_title(f"Learning curves: {title}", fontsize=10)
     ax.grid(alpha=0.3)
-    _legend(ax, len(arms))
-    return _png(fig)
+    add_legend(ax, len(arms))
+    return png_bytes(fig)
 
 
 def fraction_plot(runs: pd.DataFrame, colors: Mapping[str, tuple], title: str, metric: str = "test_acc") -> bytes | None:
@@ -95,8 +95,8 @@ def fraction_plot(runs: pd.DataFrame, colors: Mapping[str, tuple], title: str, m
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(f"Accuracy vs re-initialized fraction: {title}", fontsize=10)
     ax.grid(alpha=0.3)
-    _legend(ax, drawn + 1)
-    return _png(fig)
+    add_legend(ax, drawn + 1)
+    return png_bytes(fig)
 
 
 def plasticity_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: Mapping[str, tuple],
@@ -120,4 +120,4 @@ def plasticity_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: M
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=7)
     fig.suptitle(f"Plasticity tracking: {title}", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
