@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -460,6 +461,47 @@ def test_damaged_cache_is_rebuilt(folder, own_cache, count_decodes, damage):
 def test_cache_dir_argument_wins_over_environment(folder, tmp_path, own_cache):
     _load(f"imagefolder:{folder}", cache_dir=tmp_path / "elsewhere")
     assert list((tmp_path / "elsewhere").glob("*.safetensors")) and not own_cache.exists()
+
+
+# ---- a published dataset from its copied cache when the files are not installed ------------------
+def test_known_dataset_runs_from_its_verified_cache_without_its_files(own_cache, monkeypatch, tmp_path):
+    installed = load_dataset("animal-mnist", PRE, seed=3)
+    monkeypatch.setattr("replast.data.packaged.animal_mnist_root", lambda: tmp_path / "not-installed")
+    assert not resolve_source("animal-mnist").available()
+    offline = load_dataset("animal-mnist", PRE, seed=3)  # e.g. an offline GPU node with the copied cache
+    assert offline.record() == installed.record()
+    assert torch.equal(offline.loader("test", 16, train=False).batch(0)[0],
+                       installed.loader("test", 16, train=False).batch(0)[0])
+
+
+@pytest.mark.parametrize("damage", ["no-entry", "other-content", "flip-byte"])
+def test_cache_without_files_is_refused_unless_it_is_the_published_data(own_cache, monkeypatch, tmp_path, damage):
+    load_dataset("animal-mnist", PRE)
+    (entry,) = own_cache.glob("animal-mnist-*.safetensors")
+    if damage == "no-entry":
+        entry.unlink()
+    elif damage == "other-content":  # a valid entry, but of other data than the published Animal-MNIST
+        from replast.data import cache
+
+        tensors, meta = cache.read_entry(entry, None)
+        cache.write_entry(entry, tensors, {**meta, "source_hash": "0" * 16})
+    else:
+        raw = bytearray(entry.read_bytes())
+        raw[-5] ^= 0xFF
+        entry.write_bytes(bytes(raw))
+    monkeypatch.setattr("replast.data.packaged.animal_mnist_root", lambda: tmp_path / "not-installed")
+    expected = (f"or copy its cache file {entry.name} from a machine that has them" if damage == "no-entry" else
+                f"the copy at {entry} is damaged or holds other data, copy it again")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_dataset("animal-mnist", PRE)
+
+
+def test_own_folders_never_run_from_a_cache_alone(folder, own_cache):
+    _load(f"imagefolder:{folder}")
+    shutil.rmtree(folder)
+    with pytest.raises(DataError, match="does not exist") as info:
+        _load(f"imagefolder:{folder}")
+    assert "copy its cache file" not in str(info.value)  # no known content hash to check a copy against
 
 
 # ---- image folders: bad inputs ----------------------------------------------------------------------

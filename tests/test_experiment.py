@@ -139,7 +139,8 @@ def test_duplicates_run_once_with_a_warning(caplog):
     assert sum("duplicates" in r.getMessage() for r in caplog.records) == 2
 
 
-@pytest.mark.parametrize("name, runs", [("smoke", 4), ("demo", None), ("paper", None)])
+@pytest.mark.parametrize("name, runs", [("smoke", 4), ("demo", None), ("paper", 3105), ("options", 23 * 3),
+                                        ("baseline_lr", 2 * 3 * 4 * 3)])
 def test_shipped_studies_expand(name, runs):
     specs = expand(load_study(name))
     assert runs is None or len(specs) == runs

@@ -73,6 +73,11 @@ class Source(ABC):
     def decode(self, size: int | None) -> Decoded:
         """Read and decode every image; image-file sources resize to `size` (square)."""
 
+    def known_hash(self) -> str | None:
+        """Content hash of the published dataset when it is known in advance (None for your own folders): a
+        cache entry that carries it can stand in for source files that are not installed."""
+        return None
+
     def available(self) -> bool:
         try:
             self.fingerprint()

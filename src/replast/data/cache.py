@@ -21,6 +21,7 @@ from safetensors.torch import save
 
 from replast.data.base import Decoded, Source
 from replast.data.imagefolder import FileIndex, ImageFolderSource
+from replast.errors import DataError
 
 FORMAT = "replast-dataset-v1"
 log = logging.getLogger("replast.data")
@@ -63,14 +64,16 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, st
         os.close(dir_fd)
 
 
-def read_entry(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """The entry's tensors and metadata, or None when missing, stale (other fingerprint) or damaged."""
+def read_entry(path: Path, fingerprint: str | None) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The entry's tensors and metadata, or None when missing, stale (other fingerprint) or damaged.
+
+    `fingerprint=None` accepts any fingerprint (the source files are not there to compare with)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint:
+            if meta.get("format") != FORMAT or fingerprint not in (None, meta.get("fingerprint")):
                 log.info("cache entry %s is stale (source changed); rebuilding", path)
                 return None
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
@@ -99,6 +102,10 @@ def _fields(meta: dict[str, str]) -> dict:
             "bad": json.loads(meta["bad"]), "source_hash": meta["source_hash"]}
 
 
+def _decoded(t: dict[str, torch.Tensor], meta: dict[str, str]) -> Decoded:
+    return Decoded(images=t["images"], labels=t["labels"], groups=t["groups"], split=t.get("split"), **_fields(meta))
+
+
 def _store(path: Path, d: Decoded | FileIndex, fingerprint: str) -> None:
     try:
         write_entry(path, *_pack(d, fingerprint))
@@ -115,14 +122,36 @@ def cached_decode(source: Source, stored_size: int, cache_dir: str | os.PathLike
     path = cache_root(cache_dir) / f"{source.cache_key()}-{stored_size}px.safetensors"
     entry = read_entry(path, fingerprint)
     if entry is not None:
-        t, meta = entry
-        return Decoded(images=t["images"], labels=t["labels"], groups=t["groups"], split=t.get("split"), **_fields(meta))
+        return _decoded(*entry)
     started = time.perf_counter()
     decoded = source.decode(stored_size)
     log.info("decoded %s at %d px in %.1f s: %d images, %d unreadable → %s", source.name, stored_size,
              time.perf_counter() - started, len(decoded.images), len(decoded.bad), path)
     _store(path, decoded, fingerprint)
     return decoded
+
+
+def cached_without_source(source: Source, stored_size: int, cache_dir: str | os.PathLike | None = None) -> Decoded:
+    """A published dataset whose files are not installed, from a cache entry copied from another machine
+    (e.g. to an offline GPU node). Trusted only when the entry carries the dataset's known content hash and
+    passes its own checksum; otherwise the source's own error says what to install."""
+    path = cache_root(cache_dir) / f"{source.cache_key()}-{stored_size}px.safetensors"
+    known = source.known_hash()
+    with warnings.catch_warnings():  # read_entry's "rebuilding" does not apply: there is nothing to rebuild from
+        warnings.simplefilter("ignore")
+        entry = read_entry(path, None) if known is not None else None
+    if entry is None or entry[1].get("source_hash") != known:
+        try:
+            source.fingerprint()  # raises the DataError that names the package to install
+        except DataError as e:
+            hint = ""
+            if known is not None:
+                hint = (f"; the copy at {path} is damaged or holds other data, copy it again" if path.exists() else
+                        f", or copy its cache file {path.name} from a machine that has them into {path.parent}")
+            raise DataError(f"{e}{hint}") from e
+        raise DataError(f"{source.name}: no usable cache entry {path}")  # files appeared meanwhile: just retry
+    log.info("%s: source files not installed; using the verified cache %s", source.name, path)
+    return _decoded(*entry)
 
 
 def cached_index(source: ImageFolderSource, cache_dir: str | os.PathLike | None = None) -> FileIndex:

@@ -16,7 +16,7 @@ import torch
 
 from replast.data.base import Decoded
 from replast.data.batches import BatchLoader
-from replast.data.cache import cached_decode, cached_index
+from replast.data.cache import cached_decode, cached_index, cached_without_source
 from replast.data.device_loader import DeviceLoader, TensorStore
 from replast.data.imagefolder import FileIndex, ImageFolderSource
 from replast.data.registry import resolve_source
@@ -177,8 +177,12 @@ def load_dataset(
     _check_options(preprocessing, size, opts)
     source = resolve_source(name)
     stored = source.native_size or size
-    stream = _decide_stream(source, stored, device_cache, max_device_bytes)
-    data: Decoded | FileIndex = cached_index(source, cache_dir) if stream else cached_decode(source, stored, cache_dir)
+    data: Decoded | FileIndex
+    if source.available():
+        stream = _decide_stream(source, stored, device_cache, max_device_bytes)
+        data = cached_index(source, cache_dir) if stream else cached_decode(source, stored, cache_dir)
+    else:  # e.g. an offline GPU node with a copied cache; raises what to install when there is none
+        stream, data = False, cached_without_source(source, stored, cache_dir)
     check_bad_fraction(source.name, len(data.labels), data.bad, max_bad_fraction)
     split = data.split if isinstance(data, Decoded) else None
     indices = split_dataset(data.labels, data.groups, split, val_fraction=val_fraction, test_fraction=test_fraction,

