@@ -43,6 +43,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/reinit_overhead.py
+	$(PY) benchmarks/utility_batches.py
+	$(PY) benchmarks/diagnose_overhead.py
 
 clean-venv:
 	rm -rf $(VENV)
