@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+
+from replast.cli import bare_flags_to_true
 
 
 def test_finetune_one_epoch_on_synthetic(cli, tiny_run_args, tmp_path):
@@ -27,6 +30,18 @@ def test_dashed_option_names_are_accepted(cli, tiny_run_args):
     args = [a.replace("batch_size", "batch-size").replace("image_size", "image-size") for a in tiny_run_args]
     code, _, err = cli("finetune", *args, "--print_config")
     assert code == 0, err
+
+
+def test_yes_no_options_without_a_value_mean_true(cli, tiny_run_args):
+    code, out, err = cli("finetune", *tiny_run_args, "--train.compile", "--deterministic", "--print_config")
+    assert code == 0, err
+    config = yaml.safe_load(out)
+    assert config["train"]["compile"] is True and config["deterministic"] is True and config["overwrite"] is False
+    code, out, err = cli("finetune", *tiny_run_args, "--diagnose", "false", "--print_config")
+    assert code == 0 and yaml.safe_load(out)["diagnose"] is False
+    assert bare_flags_to_true(["sweep", "--collect", "--jobs", "2", "--force"]) == [
+        "sweep", "--collect", "true", "--jobs", "2", "--force", "true"]
+    assert bare_flags_to_true(["bench", "--steps", "--x"]) == ["bench", "--steps", "--x"]  # not yes/no options
 
 
 def test_python_dash_m_entry_point_help():
@@ -76,7 +91,7 @@ def test_finished_run_is_not_overwritten_without_flag(cli, tiny_run_args, tmp_pa
     code, _, err = cli("finetune", *tiny_run_args)
     assert code == 2 and "--overwrite" in err
     assert (tmp_path / "run" / "final.json").read_text() == before
-    assert cli("finetune", *tiny_run_args, "--overwrite", "true")[0] == 0
+    assert cli("finetune", *tiny_run_args, "--overwrite")[0] == 0
 
 
 def test_out_that_is_a_file(cli, tiny_run_args, tmp_path):

@@ -3,12 +3,14 @@
     replast finetune --model mobilenetv2_100 --data br35h --epochs 5 --out runs/x
     replast finetune --config run.yaml --print_config
 
-Options accept dashes or underscores (`--reinit.lr-scale` = `--reinit.lr_scale`). Any ReplastError or
-parse error becomes one line on stderr and exit code 2; `--debug` shows the traceback instead.
+Options accept dashes or underscores (`--reinit.lr-scale` = `--reinit.lr_scale`), and a yes/no option
+given without a value means true (`--collect` = `--collect true`). Any ReplastError or parse error becomes
+one line on stderr and exit code 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +70,31 @@ def normalize_option_names(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def yes_no_options(command: str) -> set[str]:
+    """Option names of `command` whose default is a bool (nested config fields included)."""
+    entry = COMMANDS.get(command)
+    if entry is None:
+        return set()
+    if "config" in entry:
+        from replast.study import flatten
+
+        return {k for k, v in flatten(entry["config"]().to_dict()).items() if isinstance(v, bool)}
+    params = inspect.signature(entry["fn"]).parameters.values()
+    return {p.name for p in params if isinstance(p.default, bool)}
+
+
+def bare_flags_to_true(argv: Sequence[str]) -> list[str]:
+    """`--collect` with no value (end of line or another option next) → `--collect true`."""
+    flags = yes_no_options(argv[0]) if argv else set()
+    out = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if token[2:] in flags and token.startswith("--") and (following is None or following.startswith("--")):
+            out.append("true")
+    return out
+
+
 def check_config_files(argv: Sequence[str]) -> None:
     """A broken `--config FILE` fails with a message that names the file (jsonargparse's does not)."""
     entry = COMMANDS.get(argv[0]) if argv else None
@@ -106,7 +133,7 @@ def _check_config_file(value: str) -> None:
 
 def run(argv: Sequence[str]) -> int:
     parser = build_parser()
-    argv = normalize_option_names(argv)
+    argv = bare_flags_to_true(normalize_option_names(argv))
     check_config_files(argv)
     try:
         ns = parser.parse_args(argv)
