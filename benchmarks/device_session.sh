@@ -11,7 +11,7 @@
 # The benchmark runs when .gpu/br35h is there; the study when CELL names a model x dataset cell, e.g.
 # CELL="model=mobilenetv2_100 data=br35h" (its weights and dataset cache carried); PARTS picks the
 # training-set sizes, smallest first. The study resumes from docs/results/paper/runs.tgz (finished runs of
-# earlier sessions, no checkpoints).
+# earlier sessions under the current study file, no checkpoints) when it exists.
 set -u
 OUT=${OUT:-out/device}
 END=$((SECONDS + ${TOTAL_S:-530}))
