@@ -202,6 +202,10 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_html_in_headless_chromium(study_out, tmp_path):
+    (run,) = [d for d in (study_out / "runs").iterdir()
+              if yaml.safe_load((d / "config.yaml").read_text())["reinit"]["strategy"] == "targeted"
+              and json.loads((d / "status.json").read_text())["status"] == "finished"][:1]
+    (run / "diagnosis.json").write_text(json.dumps(_diagnosis({"before_reinit": (0.2, 0.4)}, {})))  # + layers figure
     render(study_out)
     html = (study_out / "report.html").read_text()
     probe = tmp_path / "probe.html"
@@ -213,7 +217,7 @@ def test_report_html_in_headless_chromium(study_out, tmp_path):
     assert found, f"page never finished loading: {done.stderr[-2000:]}"
     images = json.loads(found.group(1))
     assert [i for i in images if not i["ok"]] == [{"id": "canary", "ok": False}]
-    assert len(images) == 7
+    assert len(images) == 8  # 6 figures + the per-layer diagnostics figure + the canary
     console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert len(console) == 1 and "canary-console" in console[0], console
     shot = tmp_path / "shot.png"

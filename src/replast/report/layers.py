@@ -90,7 +90,9 @@ def layer_figure(layers: pd.DataFrame, colors: Mapping[str, tuple], title: str,
         ax.set_xlabel("Layer (depth in the network)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{METRICS[metric]} (0 = plastic, 1 = saturated)")
-    add_legend(axes[-1], len(arms))
+    drawn = [ax for ax in axes if ax.lines]
+    if drawn:
+        add_legend(drawn[-1], len(arms))
     fig.suptitle(f"Per-layer diagnostics: {title}", fontsize=10)
     return png_bytes(fig)
 
