@@ -1,4 +1,4 @@
-"""replast.transfer: batched device-to-host values and host-to-device copies give exactly the inputs."""
+"""replast.transfer and replast.backends: batched host reads, host-to-device copies, one-shot passes."""
 
 from __future__ import annotations
 
@@ -17,3 +17,25 @@ def test_host_to_device_on_cpu_is_an_exact_copy():
     t = torch.arange(6).reshape(2, 3)
     moved = host_to_device(t, "cpu")
     assert torch.equal(moved, t) and moved.device.type == "cpu"
+
+
+def test_one_shot_passes_run_without_cudnn_autotuning_and_restore_it():
+    """Utility and diagnosis passes run once: no cuDNN benchmark trials there, training's setting kept."""
+    from torch import nn
+
+    from replast.diagnosis import diagnose
+    from replast.reinit import restore_plasticity
+
+    seen = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model[0].register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    batches = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]))]
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        restore_plasticity(model, batches, strategy="targeted", utility="taylor", exclude=("3",), batches=1)
+        diagnose(model, batches, num_batches=1)
+        assert seen and not any(seen)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from replast.backends import without_autotuning
 from replast.errors import ConfigError, ModelError, quote
 from replast.models.heads import classifier_name
 
@@ -185,7 +186,8 @@ def _probe_mode(model: nn.Module, grad: bool) -> Iterator[None]:
         for p in saved:
             p.requires_grad_(grad)
             p.grad = None
-        yield
+        with without_autotuning():
+            yield
     finally:
         for m, flag in training.items():
             m.training = flag

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from replast.backends import without_autotuning
 from replast.errors import ConfigError
 from replast.probe import check_labels, forward_checked
 from replast.reinit import distributed
@@ -63,7 +64,8 @@ def utility_mode(model: nn.Module, weights: list[nn.Parameter], needs_grad: bool
                 p.requires_grad_(False)
             for p in weights:
                 p.requires_grad_(True)
-        yield
+        with without_autotuning():
+            yield
     finally:
         for m, mode in modes.items():
             m.training = mode
