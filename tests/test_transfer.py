@@ -11,6 +11,7 @@ def test_host_values_are_the_scalars_in_order():
     values = [torch.tensor(1.5), torch.tensor(True), torch.tensor(7, dtype=torch.int64), torch.ones(3).sum()]
     assert host_values(values) == [1.5, 1.0, 7.0, 3.0]
     assert host_values([]) == []
+    assert host_values([torch.tensor(2**24 + 1)]) == [2**24 + 1]  # a count float32 would round
 
 
 def test_host_to_device_on_cpu_is_an_exact_copy():

@@ -22,8 +22,10 @@ def host_to_device(t: Tensor, device: torch.device | str) -> Tensor:
 
 
 def host_values(values: Sequence[Tensor]) -> list[float]:
-    """Many 0-d tensors as Python floats through one device-to-host copy (one sync, not one per value)."""
+    """Many 0-d tensors as Python floats through one device-to-host copy (one sync, not one per value).
+
+    float64, so counts stay exact up to 2**53."""
     if not values:
         return []
     device = values[0].device
-    return torch.stack([v.detach().float().to(device) for v in values]).tolist()
+    return torch.stack([v.detach().double().to(device) for v in values]).tolist()
