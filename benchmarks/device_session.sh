@@ -6,30 +6,31 @@
 #   OUT=out/device TOTAL_S=530 bash benchmarks/device_session.sh
 #
 # The GPU machine has torch, timm, lightning, torchmetrics but no internet. It needs the git-ignored
-# folder .gpu (built here by `benchmarks/prepare_device_carry.py`, carried with the call): wheels, the
-# weight/data files at their package paths, Br35H re-encoded for the throughput benchmark.
-# The benchmark runs when .gpu/br35h is there; the study when CELL names a model x dataset cell, e.g.
+# folder $CARRY (default .gpu; built here by `benchmarks/prepare_device_carry.py --out DIR`, carried with
+# the call): wheels, the weight/data files at their package paths, Br35H re-encoded for the benchmark.
+# The benchmark runs when $CARRY/br35h is there; the study when CELL names a model x dataset cell, e.g.
 # CELL="model=mobilenetv2_100 data=br35h" (its weights and dataset cache carried); PARTS picks the
 # training-set sizes, smallest first. The study resumes from docs/results/paper/runs.tgz (finished runs of
 # earlier sessions under the current study file, no checkpoints) when it exists.
 set -u
 OUT=${OUT:-out/device}
+CARRY=${CARRY:-.gpu}   # e.g. .gpu-bench and .gpu-study, built in advance, one per call
 END=$((SECONDS + ${TOTAL_S:-530}))
 PARTS=${PARTS:-"0.05 0.25 1.0"}
 CELL=${CELL:-}
 BENCH=${BENCH:-"--batch_size 128 --steps 100 --sizes [128,224]"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 REPLAST_CACHE=/tmp/replast-cache OMP_NUM_THREADS=2
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl || exit 1
-export PYTHONPATH="$PWD/src:/tmp/site:$PWD/.gpu/site"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/whl/*.whl || exit 1
+export PYTHONPATH="$PWD/src:/tmp/site:$PWD/$CARRY/site"
 mkdir -p "$REPLAST_CACHE"
-for f in .gpu/cache/*.gz; do [ -f "$f" ] && gunzip -c "$f" > "$REPLAST_CACHE/$(basename "$f" .gz)"; done
+for f in "$CARRY"/cache/*.gz; do [ -f "$f" ] && gunzip -c "$f" > "$REPLAST_CACHE/$(basename "$f" .gz)"; done
 R="python3 -m replast"
 nvidia-smi -L
 python3 -c "import torch, timm, lightning; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
 $R models >/dev/null || exit 1  # the stack imports: fail in seconds, not after the benchmarks
 
-[ -d .gpu/br35h ] && timeout 200 $R bench --data imagefolder:.gpu/br35h --weights none $BENCH --out "$OUT/throughput.json"
+[ -d "$CARRY/br35h" ] && timeout 200 $R bench --data "imagefolder:$CARRY/br35h" --weights none $BENCH --out "$OUT/throughput.json"
 timeout 90 python3 benchmarks/reinit_overhead.py --device cuda --steps 20 --out "$OUT/reinit_overhead.json"
 
 # Study parts: one model x dataset cell per training-set size, smallest first; a part cut off by the
