@@ -45,7 +45,9 @@ for fraction in $PARTS; do
   timeout -s INT "$left" $R sweep --config paper --out /tmp/paper --jobs 8 \
     --only "$CELL train_fraction=$fraction"
 done
-$R sweep --config paper --out /tmp/paper --collect true
-cp /tmp/paper/results.csv /tmp/paper/curves.csv "$OUT/" 2>/dev/null
-tar czf "$OUT/paper-runs.tgz" --exclude=checkpoints --exclude='events.out.*' -C /tmp/paper .
+if [ -n "$CELL" ]; then
+  $R sweep --config paper --out /tmp/paper --collect
+  cp /tmp/paper/results.csv /tmp/paper/curves.csv "$OUT/" 2>/dev/null
+  tar czf "$OUT/paper-runs.tgz" --exclude=checkpoints --exclude='events.out.*' -C /tmp/paper .
+fi
 ls -la "$OUT"
