@@ -468,6 +468,8 @@ def test_known_dataset_runs_from_its_verified_cache_without_its_files(own_cache,
     installed = load_dataset("animal-mnist", PRE, seed=3)
     monkeypatch.setattr("replast.data.packaged.animal_mnist_root", lambda: tmp_path / "not-installed")
     assert not resolve_source("animal-mnist").available()
+    (row,) = [r for r in list_datasets() if r["name"] == "animal-mnist"]
+    assert not row["available"] and row["location"] == "not installed; runs from its verified cache at 28 px"
     offline = load_dataset("animal-mnist", PRE, seed=3)  # e.g. an offline GPU node with the copied cache
     assert offline.record() == installed.record()
     assert torch.equal(offline.loader("test", 16, train=False).batch(0)[0],

@@ -154,6 +154,23 @@ def cached_without_source(source: Source, stored_size: int, cache_dir: str | os.
     return _decoded(*entry)
 
 
+def sizes_usable_without_source(source: Source, cache_dir: str | os.PathLike | None = None) -> list[int]:
+    """Stored sizes (px) of cache entries that carry the source's known content hash (header only; the
+    checksum is checked when one is loaded), i.e. what a machine without the source files can run."""
+    known = source.known_hash()
+    sizes = []
+    for path in sorted(cache_root(cache_dir).glob(f"{source.cache_key()}-*px.safetensors")) if known else []:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # a damaged entry is simply not usable
+            continue
+        size = path.stem.rsplit("-", 1)[1].removesuffix("px")
+        if meta.get("format") == FORMAT and meta.get("source_hash") == known and size.isdigit():
+            sizes.append(int(size))
+    return sizes
+
+
 def cached_index(source: ImageFolderSource, cache_dir: str | os.PathLike | None = None) -> FileIndex:
     """The scanned file list of an image folder (for streaming), cached like decoded data."""
     fingerprint = source.fingerprint()

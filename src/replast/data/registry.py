@@ -49,8 +49,14 @@ def _row(name: str) -> dict[str, Any]:
         source = DATASETS.get(name)()
     except DataError as e:
         return row | {"available": False, "location": str(e)}
+    available, location = source.available(), source.location()
+    if not available:
+        from replast.data.cache import sizes_usable_without_source  # cache imports the sources: import late
+
+        if sizes := sizes_usable_without_source(source):
+            location = f"not installed; runs from its verified cache at {', '.join(map(str, sizes))} px"
     return row | {
         "description": source.description or row["description"], "num_images": source.num_images,
         "num_classes": source.num_classes, "stored_size": source.native_size or "image size",
-        "official_split": source.official_split, "available": source.available(), "location": source.location(),
+        "official_split": source.official_split, "available": available, "location": location,
     }
