@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from replast.data import load_dataset, resolve_source
-from replast.data.cache import cache_root
+from replast.data.cache import entry_path
 from replast.data.sources import br35h_root
 from replast.models.assets import EFFICIENTNET_LITE, MOBILENET_V2, Asset
 from replast.preprocessing import Preprocessing
@@ -47,7 +47,7 @@ def copy_cache(spec: str, dest: Path) -> None:
     source = resolve_source(name)
     stored = source.native_size or int(size or 128)
     load_dataset(name, Preprocessing(input_size=stored))  # fills the cache (no-op when it is there)
-    entry = cache_root() / f"{source.cache_key()}-{stored}px.safetensors"
+    entry = entry_path(source, stored)
     dest.mkdir(parents=True, exist_ok=True)
     with open(entry, "rb") as src, gzip.open(dest / f"{entry.name}.gz", "wb", compresslevel=6) as out:
         shutil.copyfileobj(src, out)

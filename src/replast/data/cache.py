@@ -34,6 +34,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "replast" / "datasets"
 
 
+def entry_path(source: Source, stored_size: int | str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache file of `source` decoded at `stored_size` px (`"*"` gives the glob over all sizes)."""
+    return cache_root(cache_dir) / f"{source.cache_key()}-{stored_size}px.safetensors"
+
+
 def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -119,7 +124,7 @@ def cached_decode(source: Source, stored_size: int, cache_dir: str | os.PathLike
     if not source.cacheable:
         return source.decode(stored_size)
     fingerprint = source.fingerprint()
-    path = cache_root(cache_dir) / f"{source.cache_key()}-{stored_size}px.safetensors"
+    path = entry_path(source, stored_size, cache_dir)
     entry = read_entry(path, fingerprint)
     if entry is not None:
         return _decoded(*entry)
@@ -135,7 +140,7 @@ def cached_without_source(source: Source, stored_size: int, cache_dir: str | os.
     """A published dataset whose files are not installed, from a cache entry copied from another machine
     (e.g. to an offline GPU node). Trusted only when the entry carries the dataset's known content hash and
     passes its own checksum; otherwise the source's own error says what to install."""
-    path = cache_root(cache_dir) / f"{source.cache_key()}-{stored_size}px.safetensors"
+    path = entry_path(source, stored_size, cache_dir)
     known = source.known_hash()
     with warnings.catch_warnings():  # read_entry's "rebuilding" does not apply: there is nothing to rebuild from
         warnings.simplefilter("ignore")
@@ -159,7 +164,8 @@ def sizes_usable_without_source(source: Source, cache_dir: str | os.PathLike | N
     checksum is checked when one is loaded), i.e. what a machine without the source files can run."""
     known = source.known_hash()
     sizes = []
-    for path in sorted(cache_root(cache_dir).glob(f"{source.cache_key()}-*px.safetensors")) if known else []:
+    pattern = entry_path(source, "*", cache_dir)
+    for path in sorted(pattern.parent.glob(pattern.name)) if known else []:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
