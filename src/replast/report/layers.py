@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
-from replast.report.plots import add_legend, png_bytes
+from replast.report.plots import add_legend, png_bytes, present_arms
 
 FILE = "diagnosis.json"
 STAGES = {"before_reinit": "before re-init", "after_reinit": "after re-init", "after_training": "after training"}
@@ -75,12 +75,11 @@ def stage_table(layers: pd.DataFrame, features: pd.DataFrame, arms: list[str]) -
     return Table(headers, rows)
 
 
-def layer_figure(layers: pd.DataFrame, colors: Mapping[str, tuple], title: str,
+def layer_figure(layers: pd.DataFrame, arms: list[str], colors: Mapping[str, tuple], title: str,
                  metric: str = "plasticity_score") -> bytes:
     """One panel per stage: the metric per layer (x = depth in the network), mean over seeds, one line per arm."""
     fig = MplFigure(figsize=(4.0 * len(STAGES), 3.4), layout="constrained")
     axes = fig.subplots(1, len(STAGES), sharey=True)
-    arms = [a for a in colors if a in set(layers["arm"])]
     for ax, (stage, label) in zip(axes, STAGES.items(), strict=True):
         for arm in arms:
             mean = layers[(layers["arm"] == arm) & (layers["stage"] == stage)].groupby("depth")[metric].mean()
@@ -103,7 +102,7 @@ def diagnosis_blocks(out: Path, index: int, runs: pd.DataFrame, colors: Mapping[
     layers, features, unreadable = load(out, runs)
     if layers.empty:
         return []
-    arms = [a for a in colors if a in set(layers["arm"])]
+    arms = present_arms(colors, layers["arm"])
     text = (f"Per-layer diagnostics of the {layers['hash'].nunique()} runs made with `--diagnose true`, on 8 "
             "training batches: mean over layers with weights and over seeds, before re-initialization, right "
             "after it, and after training. The plasticity score averages a layer's dormant-unit fraction, "
@@ -113,5 +112,5 @@ def diagnosis_blocks(out: Path, index: int, runs: pd.DataFrame, colors: Mapping[
         text += f" {unreadable} diagnosis.json file(s) could not be read and are left out."
     figure = Figure(f"report/figures/c{index:02d}-layers.png",
                     f"{title}: plasticity score per layer before and after re-initialization and after training "
-                    "(mean over seeds)", layer_figure(layers, colors, title))
+                    "(mean over seeds)", layer_figure(layers, arms, colors, title))
     return [Heading(3, "Per-layer diagnostics"), Paragraph(text), stage_table(layers, features, arms), figure]

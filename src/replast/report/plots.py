@@ -5,7 +5,7 @@ and plasticity tracking curves. Figures are built with matplotlib's object API (
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 from matplotlib import colormaps
@@ -27,6 +27,12 @@ def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def present_arms(colors: Mapping[str, tuple], seen: Iterable[str]) -> list[str]:
+    """The arms among `seen`, in the report's colour order."""
+    present = set(seen)
+    return [a for a in colors if a in present]
 
 
 def _band(ax, curves: pd.DataFrame, column: str, label: str, color, scale: float) -> None:
@@ -54,7 +60,7 @@ def learning_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: Map
         return None
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    arms = [a for a in colors if a in set(arm_of.values())]
+    arms = present_arms(colors, arm_of.values())
     for arm in arms:
         hashes = [h for h, a in arm_of.items() if a == arm]
         _band(ax, curves[curves["hash"].isin(hashes)], column, arm, colors[arm], 100.0)
@@ -108,7 +114,7 @@ def plasticity_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: M
     ncols = min(3, len(columns))
     nrows = -(-len(columns) // ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
-    arms = [a for a in colors if a in set(arm_of.values())]
+    arms = present_arms(colors, arm_of.values())
     for i, column in enumerate(columns):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for arm in arms:
