@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from reinit_overhead import epoch_time  # this folder's sibling script
 
 from replast.loading import first_batches, load_model_and_data
 from replast.reinit import utility_scores
@@ -39,24 +39,6 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return inter / union if union else 1.0
 
 
-def epoch_seconds(model: torch.nn.Module, batches: list, train_images: int) -> float:
-    """Seconds of one SGD epoch, extrapolated from timed steps on the given batches (after one warm-up)."""
-    model = model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the step without changing the model
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    step(*batches[0])
-    start = time.perf_counter()
-    for x, y in batches[1:]:
-        step(x, y)
-    per_step = (time.perf_counter() - start) / (len(batches) - 1)
-    return per_step * math.ceil(train_images / len(batches[0][1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenetv2_100")
@@ -71,7 +53,8 @@ def main() -> None:
     model, data = load_model_and_data(args.model, args.data, image_size=args.image_size, seed=0)
     train_images = len(data.indices["train"])
     batches = first_batches(data, "train", args.batch_size, REFERENCE_BATCHES, seed=0)
-    epoch_s = epoch_seconds(model, batches[:4], train_images)
+    step_s, _ = epoch_time(model, batches[0], 3, torch.device("cpu"))  # the same SGD-step timing as reinit_overhead
+    epoch_s = step_s * math.ceil(train_images / args.batch_size)
     results = {}
     for utility in args.utilities:
         reference = selected(utility_scores(model, batches, utility, batches=REFERENCE_BATCHES))
