@@ -17,6 +17,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from replast.backends import keep_freed_host_memory  # noqa: E402
+
+keep_freed_host_memory()  # as the command line does: CPU steps without fresh page faults
+
 
 @pytest.fixture
 def cli(capsys):

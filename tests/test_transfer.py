@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from replast.transfer import host_to_device, host_values
@@ -40,3 +45,31 @@ def test_one_shot_passes_run_without_cudnn_autotuning_and_restore_it():
         assert torch.backends.cudnn.benchmark is True
     finally:
         torch.backends.cudnn.benchmark = previous
+
+
+_RSS_AFTER_FREE = """
+import torch
+from replast.backends import keep_freed_host_memory
+print(keep_freed_host_memory())
+x = torch.ones(64 * 2**20)  # 256 MiB, every page touched
+del x
+rss_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(rss_kib // 1024)
+"""
+
+
+def _rss_after_free(env_extra: dict[str, str]) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
+    out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_freed_host_memory_is_kept_for_reuse_unless_the_user_tuned_malloc():
+    """glibc unmaps a freed 256 MiB block at once (the next batch pays page faults again); kept here."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    set_here, kept_mib = _rss_after_free({})
+    left_alone, returned_mib = _rss_after_free({"MALLOC_ARENA_MAX": "2"})
+    assert (set_here, left_alone) == ("True", "False")
+    assert kept_mib - returned_mib > 200

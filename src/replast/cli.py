@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
 
-from replast import commands
+from replast import backends, commands
 from replast.config import FinetuneConfig
 from replast.errors import ConfigError, ReplastError, plain
 
@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    backends.keep_freed_host_memory()
     try:
         return run(argv)
     except (ReplastError, ArgumentError) as e:
