@@ -73,3 +73,33 @@ def test_freed_host_memory_is_kept_for_reuse_unless_the_user_tuned_malloc():
     left_alone, returned_mib = _rss_after_free({"MALLOC_ARENA_MAX": "2"})
     assert (set_here, left_alone) == ("True", "False")
     assert kept_mib - returned_mib > 200
+
+
+def _dispatched(fn) -> int:
+    """How many aten operations `fn()` dispatches (each one a kernel launch on a GPU, or more)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_host_reads_take_a_fixed_number_of_operations_however_many_values():
+    """A re-initialization reads hundreds of values (norms, counts, stats): no launch per value."""
+    from replast.reinit.rows import param_norms
+
+    def mixed(n):
+        return [torch.tensor(float(i)) for i in range(n)] + [torch.tensor(i) for i in range(n)]
+
+    few, many = mixed(3), mixed(300)
+    assert _dispatched(lambda: host_values(few)) == _dispatched(lambda: host_values(many)) < 10
+    params = {f"w{i}": torch.full((4, 3), float(i)) for i in range(200)}
+    assert _dispatched(lambda: param_norms(params, list(params))) < 2 * len(params)
+    assert param_norms(params, ["w0", "w2"]) == {"w0": 0.0, "w2": pytest.approx(2 * 12 ** 0.5)}

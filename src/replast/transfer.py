@@ -24,8 +24,19 @@ def host_to_device(t: Tensor, device: torch.device | str) -> Tensor:
 def host_values(values: Sequence[Tensor]) -> list[float]:
     """Many 0-d tensors as Python floats through one device-to-host copy (one sync, not one per value).
 
-    float64, so counts stay exact up to 2**53."""
+    Stacked per dtype, then cast once per group: a handful of kernels, not one cast per value (a
+    re-initialization reads hundreds). float64, so counts stay exact up to 2**53."""
     if not values:
         return []
     device = values[0].device
-    return torch.stack([v.detach().double().to(device) for v in values]).tolist()
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    order: dict[torch.dtype, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault(v.dtype, []).append(v if v.device == device else v.to(device))
+        order.setdefault(v.dtype, []).append(i)
+    with torch.no_grad():
+        flat = torch.cat([torch.stack(group).double() for group in groups.values()])
+    out = [0.0] * len(values)
+    for i, value in zip((i for members in order.values() for i in members), flat.tolist(), strict=True):
+        out[i] = value
+    return out

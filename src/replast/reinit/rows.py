@@ -14,7 +14,9 @@ from replast.transfer import host_values
 
 
 def param_norms(params: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, float]:
-    return dict(zip(names, host_values([params[n].detach().float().norm() for n in names]), strict=True))
+    # one multi-tensor kernel for all norms (what clip_grad_norm_ uses), not one launch per layer
+    norms = torch._foreach_norm([params[n].detach().float() for n in names]) if names else []
+    return dict(zip(names, host_values(norms), strict=True))
 
 
 def _note(layer: str, scored: Scored, level: str, because: set[str] | None) -> str:
