@@ -46,8 +46,11 @@ def test_reinit_writes_the_model_and_changes_exactly_the_reported_entries(cli, t
         metadata = f.metadata()
     assert after.keys() == before.keys()
     assert metadata["model"] == "mobilenetv2_050" and json.loads(metadata["classes"]) == splits.classes
-    changed = {k: int((after[k] != before[k]).sum()) for k in before}
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    changed = {k: int((after[k] != before[k]).sum()) for k in before if not k.endswith(stats)}
     report = json.loads(out.with_suffix(".json").read_text())
+    stale = {k.rpartition(".")[0] for k in before if k.endswith(stats) and not torch.equal(after[k], before[k])}
+    assert stale and stale <= set(report["bn_recomputed"])  # BatchNorm statistics re-estimated, and said so
     reported = {row["param"]: row["n_reset"] for row in report["rows"]}
     assert report["strategy"] == "targeted" and report["n_batches"] == 2
     assert 0 < report["n_reset"] < report["numel"]

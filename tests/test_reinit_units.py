@@ -109,10 +109,15 @@ def test_cnn_dead_units_reset_batchnorm_and_keep_the_output() -> None:
     assert torch.equal(report.masks["0.weight"].flatten(1).all(1), reset)
     assert torch.equal(report.masks["1.weight"], reset) and torch.equal(report.masks["1.bias"], reset)
     bn = model[1]
-    for name, default in (("running_mean", 0.0), ("running_var", 1.0), ("weight", 1.0), ("bias", 0.0)):
+    for name, default in (("weight", 1.0), ("bias", 0.0)):
         value = getattr(bn, name).detach()
         assert (value[reset] == default).all(), name
-        assert torch.equal(value[~reset], bn_before[name][~reset]), name
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(bn, name)[~reset], bn_before[name][~reset]), name
+    # the reset units' own statistics now describe their new filters on the data (no other channel changed)
+    assert report.bn_recomputed == {"1": 2}
+    new_out = torch.cat([model[0](b[0]) for b in _images(size=8)]).detach()
+    torch.testing.assert_close(bn.running_mean[reset], new_out.mean((0, 2, 3))[reset], rtol=1e-5, atol=1e-6)
     assert not model[3].weight[:, reset].any()
     torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
 

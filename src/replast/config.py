@@ -93,6 +93,9 @@ class ReinitConfig:
     """lambda of shrink-and-perturb."""
     perturb: float = 0.1
     """sigma of shrink-and-perturb."""
+    recompute_bn: bool = True
+    """Re-estimate the running statistics of BatchNorm channels whose input the re-initialization changed, on
+    the utility batches (the stored ones describe the old weights and mislead evaluation for tens of steps)."""
 
 
 @dataclass

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from replast.reinit import distributed, strategies, utilities  # noqa: F401  (strategies, utilities register)
+from replast.errors import ConfigError
+from replast.reinit import bn_stats, distributed, strategies, utilities  # noqa: F401  (they register)
 from replast.reinit.edits import apply_edits, expand
-from replast.reinit.engine import Scored, generators, score
+from replast.reinit.engine import Replay, Scored, checked, generators, score
 from replast.reinit.init_rules import family_of
 from replast.reinit.options import Options, make_options, validate
 from replast.reinit.registry import SCHEMES, SELECTIONS, STRATEGIES
@@ -32,12 +33,13 @@ def restore_plasticity(
     exclude: str | Sequence[str] = ("head",), seed: int = 0, *, threshold: float = 0.1, layers: int = 1,
     level: str = "weight", zero_outgoing: bool = False, batches: int = 8, shrink: float = 0.4,
     perturb: float = 0.1, scope: str | Mapping[str, float] = "all", include: str | Sequence[str] = (),
-    **options: Any,
+    recompute_bn: bool = True, **options: Any,
 ) -> ReinitReport:
     """Re-initialize part of `model` in place and report what changed.
 
-    `data` yields (x, y) batches on any device (only the first `batches` are read, and only when the
-    utility or unit pairing needs them). Keyword names are the fields of ReinitConfig, so
+    `data` yields (x, y) batches on any device (only the first `batches` are read, once, and only when the
+    utility, unit pairing or BatchNorm statistics need them). With `recompute_bn`, BatchNorm channels whose
+    input the edit changed get running statistics re-estimated on those batches (`bn_stats`). Keyword names are the fields of ReinitConfig, so
     `restore_plasticity(model, loader, **asdict(cfg.reinit))` works; lr_scale, lr_warmup_steps and
     schedule are accepted and ignored (the trainer uses them). The model's train/eval modes and
     requires_grad flags are restored and its gradients cleared.
@@ -45,7 +47,7 @@ def restore_plasticity(
     opts = make_options(
         strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
         seed=seed, threshold=threshold, layers=layers, level=level, zero_outgoing=zero_outgoing, batches=batches,
-        shrink=shrink, perturb=perturb, scope=scope, include=include, **options)
+        shrink=shrink, perturb=perturb, scope=scope, include=include, recompute_bn=recompute_bn, **options)
     plan = STRATEGIES.get(opts.strategy)(opts)
     if plan is None or (isinstance(plan.scope, Mapping) and not plan.scope):
         return ReinitReport(opts.strategy, opts.to_dict())  # auto-scope chose no layer: do no harm
@@ -69,6 +71,7 @@ def _select(target: Target, scored: Scored, o: Options) -> list[Tensor]:
 
 def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
     start = perf_counter()
+    data = Replay(data, o.batches)  # read once: the utility pass and the BatchNorm pass share the batches
     target = resolve_target(model, o)
     score_gen, value_gen = generators(o.seed)
     scored, seconds = score(model, data, target, o, score_gen)
@@ -82,17 +85,27 @@ def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
     wanted = {f"{n}.weight" for n in target.layers} | set(touched)
     watched = [n for n in params if n in wanted]
     before = param_norms(params, watched)
+    probe = _probe_images(model, data) if o.recompute_bn and bn_stats.batch_norms(model) else None
+    inputs_before = bn_stats.input_sums(model, probe) if probe is not None else {}
     written = apply_edits(model, edits, SCHEMES.get(o.scheme), o.shrink, o.perturb, family_of(model), value_gen)
-    distributed.broadcast_from_rank0([params[n] for n in written] + _bn_buffers(modules, edits.bn))
+    t_bn = perf_counter()
+    stale = bn_stats.changed_channels(inputs_before, bn_stats.input_sums(model, probe)) if probe is not None else {}
+    bn_stats.recompute(model, checked(model, data), stale)
+    distributed.broadcast_from_rank0([params[n] for n in written] + bn_stats.buffers(model, {*edits.bn, *stale}))
     end = perf_counter()
     report = ReinitReport(o.strategy, o.to_dict(), total_time_s=end - start,
-                          utility_time_s=seconds["utility"],
-                          select_time_s=seconds["scoring"] + (end - t_select), n_batches=scored.n_batches)
+                          utility_time_s=seconds["utility"], bn_time_s=end - t_bn,
+                          select_time_s=seconds["scoring"] + (t_bn - t_select), n_batches=scored.n_batches,
+                          bn_recomputed={n: int(m.sum()) for n, m in stale.items()})
     report.masks = {n: written.get(n, torch.zeros_like(params[n], dtype=torch.bool)) for n in watched}
     report.rows = build_rows(target.layers, scored, o.level, report.masks, before, param_norms(params, watched),
                              edits.notes)
     return report
 
 
-def _bn_buffers(modules: dict[str, nn.Module], bns: Mapping[str, Tensor]) -> list[Tensor]:
-    return [b for name in bns for b in (modules[name].running_mean, modules[name].running_var) if b is not None]
+def _probe_images(model: nn.Module, data: Iterable) -> Tensor:
+    first = next(iter(checked(model, data)), None)
+    if first is None:
+        raise ConfigError("the batch iterable is empty; re-estimating BatchNorm statistics needs at least one "
+                          "(x, y) batch (or pass recompute_bn=False)")
+    return first[0]

@@ -40,6 +40,25 @@ def peek(data: Iterable) -> tuple[Any, Iterable]:
     return first, itertools.chain([first], iterator)
 
 
+class Replay:
+    """The first `n` batches of `data`, read on first use and replayed on every later pass (a generator or
+    a shuffling loader could not give the same batches twice)."""
+
+    def __init__(self, data: Iterable, n: int) -> None:
+        self._data, self._n, self._seen, self._source = data, n, [], None
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(self._n):
+            if i == len(self._seen):
+                if self._source is None:
+                    self._source = iter(self._data)
+                batch = next(self._source, None)
+                if batch is None:
+                    return
+                self._seen.append(batch)
+            yield self._seen[i]
+
+
 def checked(model: nn.Module, data: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
     """Each batch as (x, y) on the model's device, checked as `diagnose` checks it: anything but float x
     with int labels [B] is a ConfigError naming the input the model expects, raised before it is used."""

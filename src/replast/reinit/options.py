@@ -18,6 +18,7 @@ from replast.reinit.registry import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES
 TRAINER_ONLY = frozenset({"lr_scale", "lr_warmup_steps", "schedule"})
 NUMBERS = {"fraction": float, "threshold": float, "shrink": float, "perturb": float,
            "seed": int, "layers": int, "batches": int}
+FLAGS = ("zero_outgoing", "recompute_bn")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Options:
     perturb: float = 0.1
     scope: str | Mapping[str, float] = "all"
     include: tuple[str, ...] = ()
+    recompute_bn: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -99,11 +101,13 @@ def _typed(known: dict[str, Any]) -> dict[str, Any]:
             errors.append(f"{key}={value!r} is not a whole number")
         else:
             known[key] = kind(value)
-    if "zero_outgoing" in known:
-        if known["zero_outgoing"] in (True, False):
-            known["zero_outgoing"] = bool(known["zero_outgoing"])
+    for key in FLAGS:
+        if key not in known:
+            continue
+        if known[key] in (True, False):
+            known[key] = bool(known[key])
         else:
-            errors.append(f"zero_outgoing={known['zero_outgoing']!r} must be true or false")
+            errors.append(f"{key}={known[key]!r} must be true or false")
     if errors:
         raise ConfigError("; ".join(errors))
     return known

@@ -44,6 +44,10 @@ class ReinitReport:
     """Scoring + selection + resampling."""
     scope_time_s: float = 0.0
     """Diagnosis passes that chose the layers (`scope=auto` in the pipeline; 0 otherwise), part of the total."""
+    bn_time_s: float = 0.0
+    """Re-estimating stale BatchNorm statistics (a forward over the batches), part of the total."""
+    bn_recomputed: dict[str, int] = field(default_factory=dict)
+    """{BatchNorm name: channels whose running statistics were re-estimated}."""
     n_batches: int = 0
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -65,6 +69,8 @@ class ReinitReport:
             "utility_time_s": self.utility_time_s,
             "select_time_s": self.select_time_s,
             "scope_time_s": self.scope_time_s,
+            "bn_time_s": self.bn_time_s,
+            "bn_recomputed": self.bn_recomputed,
             "n_batches": self.n_batches,
             "rows": [asdict(r) for r in self.rows],
         }
