@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/reinit_overhead.py --threads 1      # CPU (and CUDA when available)
 Times a few SGD steps on synthetic tensors and extrapolates to an epoch (stated in the JSON), then
-times restore_plasticity (utility pass vs scoring+selection+resampling) for gradient- and
-activation-based strategies, first call in the process and a later call. Writes benchmarks/results/reinit_overhead.json with the ratios.
+times restore_plasticity (utility pass, scoring+selection+resampling, re-estimating BatchNorm statistics)
+for gradient- and activation-based strategies, first call in the process and a later call. Writes benchmarks/results/reinit_overhead.json with the ratios.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def reinit_cost(model: nn.Module, batch: tuple, n_batches: int, options: dict, d
         report = restore_plasticity(fresh, [batch] * n_batches, batches=n_batches, **options)
         sync(device)
         costs.append({"utility_s": report.utility_time_s, "select_s": report.select_time_s,
-                      "total_s": report.total_time_s, "n_reset": report.n_reset, "numel": report.numel})
+                      "bn_s": report.bn_time_s, "total_s": report.total_time_s, "n_reset": report.n_reset,
+                      "numel": report.numel, "bn_channels": sum(report.bn_recomputed.values())})
     first, later = costs
     return first | {"later_call": later}
 
@@ -94,6 +95,7 @@ def run_model(name: str, device: torch.device, args: argparse.Namespace) -> dict
         for timing in (cost, cost["later_call"]):
             timing["utility_ratio"] = timing["utility_s"] / epoch_s
             timing["select_ratio"] = timing["select_s"] / epoch_s
+            timing["bn_ratio"] = timing["bn_s"] / epoch_s
         cost["meets_goals"] = all(cost[k] < v for k, v in GOALS.items())
         # The utility pass is linear in the number of batches: how many fit in the 5% goal?
         cost["utility_s_per_batch"] = cost["utility_s"] / args.batches
@@ -101,6 +103,7 @@ def run_model(name: str, device: torch.device, args: argparse.Namespace) -> dict
         result["strategies"][label] = cost
         print(f"{device.type:4s} {name:20s} {label:16s} epoch≈{epoch_s:7.1f}s utility {cost['utility_s']:6.2f}s "
               f"({cost['utility_ratio']:.1%}) select {cost['select_s']:5.2f}s ({cost['select_ratio']:.2%}) "
+              f"BatchNorm {cost['bn_s']:5.2f}s ({cost['bn_ratio']:.1%}) "
               f"batches within 5%: {cost['max_batches_within_goal']}; later calls: utility "
               f"{cost['later_call']['utility_ratio']:.1%} select {cost['later_call']['select_ratio']:.2%}")
     return result
