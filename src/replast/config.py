@@ -49,6 +49,10 @@ class TrainConfig:
     """Log cheap plasticity metrics every K steps on a fixed held-out batch (0 = off)."""
     eval_batch_size: int | None = None
     """Batch size for evaluation (None = 2 × batch size)."""
+    precise_bn: int = 0
+    """Before every evaluation, re-estimate the trained BatchNorms' running statistics on this many
+    un-augmented training batches (PreciseBN; 0 = evaluate with the running averages as trained, which trail
+    the weights by ~10 steps)."""
 
 
 @dataclass
@@ -232,8 +236,8 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
     _range(errors, "train.label_smoothing", t.label_smoothing, 0.0, 0.99)
     _range(errors, "train.layer_decay", t.layer_decay, 1e-6, 1.0)
     _range(errors, "train.drop_path", t.drop_path, 0.0, 0.99)
-    if t.warmup_epochs < 0 or t.track_plasticity < 0:
-        errors.append("train.warmup_epochs and train.track_plasticity must be >= 0")
+    if t.warmup_epochs < 0 or t.track_plasticity < 0 or t.precise_bn < 0:
+        errors.append("train.warmup_epochs, train.track_plasticity and train.precise_bn must be >= 0")
     _range(errors, "reinit.fraction", r.fraction, 0.0, 1.0, ": a fraction of weights")
     if r.threshold < 0:
         errors.append(f"reinit.threshold={r.threshold}: must be >= 0")

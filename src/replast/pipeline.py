@@ -19,7 +19,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 
-from replast import runfiles, schedule
+from replast import precise_bn, runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
@@ -60,6 +60,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         schedule.attach(trainer, reinit, utility_batches)
     if cfg.train.track_plasticity:
         attach_tracker(trainer, _first_batch(loaders["val"]))
+    if cfg.train.precise_bn:
+        precise_bn.attach(trainer, _train_batches(cfg, data, fabric, cfg.train.precise_bn), model)
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume and last.exists():
         trainer.resume(last)
@@ -161,9 +163,13 @@ def _mask_digests(fabric: Fabric, masks: dict[str, torch.Tensor]) -> list[str]:
     return gathered
 
 
-def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
-    return first_batches(data, "train", cfg.batch_size, cfg.reinit.batches, seed=cfg.seed,
+def _train_batches(cfg: FinetuneConfig, data, fabric: Fabric, count: int) -> list:
+    return first_batches(data, "train", cfg.batch_size, count, seed=cfg.seed,
                          rank=fabric.global_rank, world_size=fabric.world_size)
+
+
+def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
+    return _train_batches(cfg, data, fabric, cfg.reinit.batches)
 
 
 def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches):

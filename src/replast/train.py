@@ -164,6 +164,8 @@ class Trainer:
     run_dir: Path
     num_classes: int
     step_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    eval_hooks: list[Callable[[], None]] = field(default_factory=list)
+    """Run before every evaluation (e.g. PreciseBN); the pipeline's final test evaluation follows the last."""
     optimizer_step: Callable[[], None] | None = None
     tracker: Callable[[nn.Module], dict[str, float]] | None = None
     state: TrainState = field(default_factory=TrainState)
@@ -299,6 +301,8 @@ class Trainer:
         state = self.state
         state.epoch += 1
         state.position = 0
+        for hook in self.eval_hooks:
+            hook()
         val = evaluate(self.fabric, self.model, val_loader, self.num_classes)
         row = {"epoch": state.epoch, "step": state.step, "lr": current_lr(self.optimizer),
                **self._epoch_train_metrics, **{f"val_{k}": v for k, v in val.items()}}

@@ -1,0 +1,59 @@
+"""PreciseBN (`--train.precise_bn K`): before every evaluation the trained BatchNorms' statistics are
+re-estimated on K un-augmented training batches; frozen ones (a linear probe's backbone) are left alone."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from replast.checkpoint import load_checkpoint
+from replast.loading import first_batches, load_model_and_data
+from replast.precise_bn import trained_channels
+from replast.reinit.bn_stats import batch_norms, recompute
+
+
+def _trained(run_dir) -> nn.Module:
+    model, data = load_model_and_data("mobilenetv2_050", "synthetic", weights="none", image_size=32, seed=0)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
+    return model, data
+
+
+def test_the_evaluated_statistics_are_those_of_the_final_weights_on_the_training_batches(cli, tiny_run_args,
+                                                                                        tmp_path):
+    code, _, err = cli("finetune", *tiny_run_args, "--train.precise_bn", 2)
+    assert code == 0, err
+    model, data = _trained(tmp_path / "run")
+    expected = copy.deepcopy(model)
+    batches = first_batches(data, "train", 16, 2, seed=0)
+    recompute(expected, batches, trained_channels(expected))
+    saved, fresh = batch_norms(model), batch_norms(expected)
+    assert len(saved) > 10
+    for name, bn in saved.items():
+        torch.testing.assert_close(bn.running_mean, fresh[name].running_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, fresh[name].running_var, rtol=1e-4, atol=1e-5)
+
+
+def test_without_it_the_running_averages_of_training_are_evaluated(cli, tiny_run_args, tmp_path):
+    code, _, err = cli("finetune", *tiny_run_args)
+    assert code == 0, err
+    model, data = _trained(tmp_path / "run")
+    expected = copy.deepcopy(model)
+    recompute(expected, first_batches(data, "train", 16, 2, seed=0), trained_channels(expected))
+    name, bn = next(iter(batch_norms(model).items()))
+    assert not torch.allclose(bn.running_mean, batch_norms(expected)[name].running_mean, rtol=1e-3)
+
+
+def test_a_linear_probe_keeps_its_frozen_statistics(cli, tiny_run_args, tmp_path):
+    torch.manual_seed(0)  # weights=none: the run draws its initial weights from the global generator
+    code, _, err = cli("finetune", *tiny_run_args, "--train.precise_bn", 2, "--train.mode", "linear-probe")
+    assert code == 0, err
+    torch.manual_seed(0)
+    initial, _ = load_model_and_data("mobilenetv2_050", "synthetic", weights="none", image_size=32, seed=0)
+    model, _ = _trained(tmp_path / "run")
+    for name, bn in batch_norms(model).items():
+        assert torch.equal(bn.running_mean, batch_norms(initial)[name].running_mean), name
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    frozen.requires_grad_(False)
+    assert trained_channels(frozen) == {}
