@@ -39,10 +39,10 @@ def restore_plasticity(
 
     `data` yields (x, y) batches on any device (only the first `batches` are read, once, and only when the
     utility, unit pairing or BatchNorm statistics need them). With `recompute_bn`, BatchNorm channels whose
-    input the edit changed get running statistics re-estimated on those batches (`bn_stats`). Keyword names are the fields of ReinitConfig, so
-    `restore_plasticity(model, loader, **asdict(cfg.reinit))` works; lr_scale, lr_warmup_steps and
-    schedule are accepted and ignored (the trainer uses them). The model's train/eval modes and
-    requires_grad flags are restored and its gradients cleared.
+    input the edit changed get running statistics re-estimated on those batches (`bn_stats`). Keyword names
+    are the fields of ReinitConfig, so `restore_plasticity(model, loader, **asdict(cfg.reinit))` works;
+    lr_scale, lr_warmup_steps and schedule are accepted and ignored (the trainer uses them). The model's
+    train/eval modes and requires_grad flags are restored and its gradients cleared.
     """
     opts = make_options(
         strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
