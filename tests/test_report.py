@@ -227,3 +227,12 @@ def test_report_html_in_headless_chromium(study_out, tmp_path):
 
     pixels = imread(shot)
     assert pixels.shape[:2] == (1600, 1200) and pixels.std() > 0.05  # text and plots, not a blank page
+
+
+def test_an_arm_label_leaves_out_the_fraction_that_scope_auto_ignores():
+    from replast.report.labels import arm_labels
+
+    runs = pd.DataFrame([{"reinit.strategy": "targeted", "reinit.fraction": f, "reinit.scope": scope}
+                         for f, scope in ((0.05, "all"), (0.1, "all"), (0.1, "auto"))])
+    assert list(arm_labels(runs)) == ["targeted (fraction=0.05, scope=all)", "targeted (fraction=0.1, scope=all)",
+                                      "targeted (scope=auto)"]

@@ -14,6 +14,8 @@ BASELINE = "none"
 # Fields that change how a run executes, not what it measures.
 RUNTIME = {"accelerator", "devices", "num_nodes", "strategy", "deterministic", "diagnose", "train.compile",
            "train.precision", "train.channels_last", "train.eval_batch_size", "train.track_plasticity"}
+# Knobs a run does not use, left out of its label: {knob: (field, value that makes it unused)}.
+UNUSED_WHEN = {"reinit.fraction": ("reinit.scope", "auto")}  # scope auto sets each layer's fraction
 
 
 def default_mode() -> str:
@@ -50,10 +52,15 @@ def arm_labels(results: pd.DataFrame) -> pd.Series:
         if strategy == BASELINE:
             return BASELINE if run_mode == mode else run_mode
         text = strategy + ("" if run_mode == mode else f" [{run_mode}]")
-        parts = [f"{c.split('.', 1)[1]}={row[c]}" for c in knobs.get(strategy, [])]
+        parts = [f"{c.split('.', 1)[1]}={row[c]}" for c in knobs.get(strategy, []) if not _unused(row, c)]
         return text + (f" ({', '.join(parts)})" if parts else "")
 
     return frame.apply(label, axis=1)
+
+
+def _unused(row: pd.Series, knob: str) -> bool:
+    field, value = UNUSED_WHEN.get(knob, (None, None))
+    return field is not None and str(row.get(field)) == value
 
 
 def condition_titles(results: pd.DataFrame, columns: list[str]) -> pd.Series:
