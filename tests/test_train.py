@@ -134,3 +134,17 @@ def test_compile_path_runs_on_cpu(tmp_path):
     final = metrics(tmp_path / "compiled")
     assert final["compiled"] is True and final["first_step_time_s"] > 0
     assert 0.0 <= final["test_acc"] <= 1.0
+
+
+def test_two_process_ddp_with_batchnorm_re_estimation_evaluates_one_network(tmp_path):
+    """Both BatchNorm passes under DDP: re-initialization broadcasts rank 0's statistics, PreciseBN averages
+    the ranks' before every evaluation; the saved statistics are finite and the run finishes on both ranks."""
+    args = [*BASE, "--model", "mobilenetv2_050", "--epochs", "1", "--reinit.strategy", "targeted",
+            "--reinit.utility", "magnitude", "--reinit.batches", "2", "--train.precise_bn", "2"]
+    replast(*args, "--devices", "2", "--strategy", "ddp", "--out", tmp_path / "ddp")
+    final = metrics(tmp_path / "ddp")
+    assert final["world_size"] == 2 and 0.0 <= final["test_acc"] <= 1.0
+    report = json.loads((tmp_path / "ddp" / "reinit_report.json").read_text())
+    assert report["bn_recomputed"]
+    state = final_state(tmp_path / "ddp")
+    assert all(torch.isfinite(v).all() for k, v in state.items() if k.endswith(("running_mean", "running_var")))
