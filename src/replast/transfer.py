@@ -29,14 +29,13 @@ def host_values(values: Sequence[Tensor]) -> list[float]:
     if not values:
         return []
     device = values[0].device
-    groups: dict[torch.dtype, list[Tensor]] = {}
-    order: dict[torch.dtype, list[int]] = {}
+    groups: dict[torch.dtype, list[int]] = {}  # dtype -> indices into values
     for i, v in enumerate(values):
-        groups.setdefault(v.dtype, []).append(v if v.device == device else v.to(device))
-        order.setdefault(v.dtype, []).append(i)
+        groups.setdefault(v.dtype, []).append(i)
     with torch.no_grad():
-        flat = torch.cat([torch.stack(group).double() for group in groups.values()])
+        flat = torch.cat([torch.stack([values[i].to(device) for i in members]).double()
+                          for members in groups.values()])
     out = [0.0] * len(values)
-    for i, value in zip((i for members in order.values() for i in members), flat.tolist(), strict=True):
+    for i, value in zip((i for members in groups.values() for i in members), flat.tolist(), strict=True):
         out[i] = value
     return out

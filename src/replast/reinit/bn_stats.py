@@ -64,8 +64,7 @@ def changed_channels(before: dict[str, Tensor], after: dict[str, Tensor]) -> dic
         if new is None:
             continue
         scale = old.abs().amax(0).clamp_min(torch.finfo(torch.float32).tiny)
-        mask = ((new - old).abs().amax(0) > RTOL * scale)
-        changed[name] = mask
+        changed[name] = (new - old).abs().amax(0) > RTOL * scale
     keep = [bool(v) for v in torch.stack([m.any() for m in changed.values()]).tolist()] if changed else []
     return {n: m for (n, m), k in zip(changed.items(), keep, strict=True) if k}
 
