@@ -39,8 +39,9 @@ def keep_freed_host_memory() -> bool:
     PyTorch's CPU tensors come from malloc, and glibc serves blocks over 32 MiB (a batch of activations)
     with a fresh mmap each time, so every step pays the kernel to zero new pages: measured on 2 CPU cores,
     half of a MobileNetV2 fine-tuning run's wall time was system time (41.8 s -> 25-33 s with this, peak
-    memory 3.1 -> 3.8-4.2 GB; README, Performance). Left alone where the user set any MALLOC_* variable (their tuning wins), and off
-    glibc. Called by the command line, not by the library: a process-wide setting is the application's.
+    memory 3.1 -> 3.8-4.2 GB; README, Performance). Left alone where the user set any MALLOC_* variable
+    (their tuning wins), and off glibc. Called by the command line, not by the library: a process-wide
+    setting is the application's.
     """
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
         return False

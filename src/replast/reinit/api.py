@@ -93,7 +93,7 @@ def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
     bn_stats.recompute(model, checked(model, data), stale)
     # every BatchNorm, in model order: the same list on every rank (which channels went stale is measured
     # on each rank's own images, and a set's order differs between processes)
-    distributed.broadcast_from_rank0([params[n] for n in written] + bn_stats.buffers(model, bn_stats.batch_norms(model)))
+    distributed.broadcast_from_rank0([params[n] for n in written] + bn_stats.running_stats(bn_stats.batch_norms(model).values()))
     end = perf_counter()
     report = ReinitReport(o.strategy, o.to_dict(), total_time_s=end - start,
                           utility_time_s=seconds["utility"], bn_time_s=end - t_bn,

@@ -99,7 +99,6 @@ def recompute(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], channe
     return seen
 
 
-def buffers(model: nn.Module, names: Iterable[str]) -> list[Tensor]:
-    """Running mean and var of the named BatchNorms (what a rank-0 broadcast must carry)."""
-    modules = dict(model.named_modules())
-    return [b for n in names for b in (modules[n].running_mean, modules[n].running_var) if b is not None]
+def running_stats(bns: Iterable[_BatchNorm]) -> list[Tensor]:
+    """Running mean and var of these BatchNorms, in their order (what a rank-0 broadcast must carry)."""
+    return [b for bn in bns for b in (bn.running_mean, bn.running_var)]
