@@ -23,7 +23,7 @@ from replast import precise_bn, runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
-from replast.loading import first_batches, load_model_and_data
+from replast.loading import first_batches, load_model_and_data, training_batches
 from replast.models import classifier_name, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
 from replast.progress import epoch_progress
@@ -61,7 +61,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.train.track_plasticity:
         attach_tracker(trainer, _first_batch(loaders["val"]))
     if cfg.train.precise_bn:
-        precise_bn.attach(trainer, _train_batches(cfg, data, fabric, cfg.train.precise_bn), model)
+        precise_bn.attach(trainer, _augmented_batches(cfg, data, fabric, cfg.train.precise_bn), model)
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume and last.exists():
         trainer.resume(last)
@@ -166,6 +166,11 @@ def _mask_digests(fabric: Fabric, masks: dict[str, torch.Tensor]) -> list[str]:
 def _train_batches(cfg: FinetuneConfig, data, fabric: Fabric, count: int) -> list:
     return first_batches(data, "train", cfg.batch_size, count, seed=cfg.seed,
                          rank=fabric.global_rank, world_size=fabric.world_size)
+
+
+def _augmented_batches(cfg: FinetuneConfig, data, fabric: Fabric, count: int) -> list:
+    return training_batches(data, cfg.batch_size, count, seed=cfg.seed, augment=cfg.train.augment,
+                            rank=fabric.global_rank, world_size=fabric.world_size)
 
 
 def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
