@@ -3,17 +3,18 @@
     python benchmarks/bn_posthoc.py runs/paper-stale-bn/runs/* --out benchmarks/results/bn_posthoc.json
 
 For each run directory with a final checkpoint, validation and test accuracy with the running statistics as
-saved, after replacing them by the plain average over all un-augmented training batches, and after
-replacing them by the average over K training batches augmented as in training (what `--train.precise_bn K`
-does before every evaluation, K = the run's setting or 8). A linear probe's frozen statistics are kept. A
-large gap between the first and the others means evaluation measured how far the running averages lagged
-behind the weights, not the weights. Training does not read the running statistics, so the third column is
-the accuracy the run would have reported under today's `--train.precise_bn`.
+saved, after replacing them by the plain average over K un-augmented training batches in a seeded random
+order (what `--train.precise_bn K` does before every evaluation; K = the run's setting, or all batches),
+and over K batches augmented as in training (K = the run's setting or 8). A linear probe's frozen
+statistics are kept. A large gap between the first and the others means evaluation measured how far the
+running averages lagged behind the weights, not the weights. Training does not read the running
+statistics, so `un_augmented` is the accuracy the run reports under today's `--train.precise_bn K`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -21,12 +22,24 @@ import torch
 import yaml
 
 from replast.checkpoint import load_checkpoint
-from replast.loading import first_batches, load_model_and_data, training_batches
+from replast.loading import first_batches, load_model_and_data
 from replast.precise_bn import trained_channels
 from replast.reinit.bn_stats import recompute
 
 
 @torch.inference_mode()
+def augmented_batches(data, batch_size: int, count: int, seed: int, augment: bool) -> list:
+    """`count` training batches as training draws them (shuffled, augmented), over as many epochs as needed."""
+    loader = data.loader("train", batch_size, train=True, augment=augment, seed=seed)
+    batches: list = []
+    for epoch in range(count):  # an epoch has at least one batch, or there is none at all
+        loader.set_epoch(epoch)
+        batches.extend(itertools.islice(iter(loader), count - len(batches)))
+        if len(batches) == count or not len(loader):
+            break
+    return batches
+
+
 def accuracy(model: torch.nn.Module, batches: list) -> float:
     model.eval()
     hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
@@ -46,9 +59,10 @@ def posthoc(run: Path, protocols: tuple[str, ...] = PROTOCOLS) -> dict:
     train = cfg.get("train", {})
     statistics = {
         "as_saved": lambda: [],
-        "un_augmented": lambda: first_batches(data, "train", cfg["batch_size"], 10**6, seed=cfg["seed"]),
-        "augmented": lambda: training_batches(data, cfg["batch_size"], train.get("precise_bn") or 8,
-                                              seed=cfg["seed"], augment=train.get("augment", True)),
+        "un_augmented": lambda: first_batches(data, "train", cfg["batch_size"], train.get("precise_bn") or 10**6,
+                                              seed=cfg["seed"]),
+        "augmented": lambda: augmented_batches(data, cfg["batch_size"], train.get("precise_bn") or 8, cfg["seed"],
+                                               train.get("augment", True)),
     }
     reinit = cfg.get("reinit", {})
     row = {"run": run.name, "seed": cfg["seed"], "strategy": reinit.get("strategy"),

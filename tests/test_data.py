@@ -36,6 +36,7 @@ from replast.data.integrity import load_numpy_pickle
 from replast.data.packaged import AnimalMnistSource
 from replast.data.stream_loader import StreamLoader
 from replast.errors import ConfigError, DataError, UnknownNameError
+from replast.loading import first_batches
 from replast.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=32)
@@ -177,6 +178,22 @@ def test_br35h_small_sample_loads_fast(br35h_full, shared_cache):
     sizes = data.record()["split_sizes"]
     assert sum(sizes.values()) == 200 and min(sizes.values()) > 10
     assert torch.bincount(data.labels[torch.cat(list(data.indices.values()))]).tolist() == [100, 100]
+
+
+def test_first_batches_sample_every_class_of_a_class_sorted_split(br35h_full):
+    """Br35H is stored class by class; utilities, diagnoses and BatchNorm passes look at a few batches, which
+    in stored order held one class only (6 of 8 batches in a 420-image training split)."""
+    split = br35h_full.indices["train"]
+    labels = br35h_full.labels[split]
+    assert labels[:256].unique().numel() == 1  # stored order: the first 256 are one class
+    batches = first_batches(br35h_full, "train", 32, 4, seed=0)
+    assert all(y.unique().numel() == 2 for _, y in batches)
+    # a seeded permutation: reproducible, every image once, other seeds give other orders
+    every = first_batches(br35h_full, "train", 256, 10**6, seed=0)
+    assert sorted(torch.cat([y for _, y in every]).tolist()) == sorted(labels.tolist())
+    again = first_batches(br35h_full, "train", 32, 4, seed=0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    assert not torch.equal(batches[0][0], first_batches(br35h_full, "train", 32, 1, seed=1)[0][0])
 
 
 def test_br35h_wrong_files_raise(tmp_path):

@@ -51,8 +51,8 @@ class TrainConfig:
     """Batch size for evaluation (None = 2 × batch size)."""
     precise_bn: int = 0
     """Before every evaluation, re-estimate the trained BatchNorms' running statistics on this many
-    training batches, augmented as in training (PreciseBN; 0 = evaluate with the running averages as
-    trained, which trail the weights by ~10 steps)."""
+    un-augmented training batches in a seeded random order (PreciseBN; 0 = evaluate with the running
+    averages as trained, which trail the weights by ~10 steps)."""
 
 
 @dataclass

@@ -28,22 +28,10 @@ def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", d
 
 def first_batches(splits: DatasetSplits, split: str, batch_size: int, count: int, *, seed: int = 0,
                   rank: int = 0, world_size: int = 1) -> list:
-    """The first `count` un-augmented batches of a split in its seeded order (for utilities and probes)."""
-    loader = splits.loader(split, batch_size, train=False, seed=seed, rank=rank, world_size=world_size)
+    """The first `count` un-augmented batches of a split in a seeded random order (for utilities, probes and
+    BatchNorm passes): stored order is often sorted by class, and a few batches must sample every class."""
+    loader = splits.loader(split, batch_size, train=False, shuffle=True, seed=seed, rank=rank,
+                           world_size=world_size)
     loader.set_epoch(0)
     return list(itertools.islice(iter(loader), count))
 
-
-def training_batches(splits: DatasetSplits, batch_size: int, count: int, *, seed: int = 0, augment: bool = True,
-                     rank: int = 0, world_size: int = 1) -> list:
-    """`count` batches of the training split as training sees them (shuffled, augmented, full batches),
-    drawn over as many epochs as it takes; fewer only when the split has no full batch."""
-    loader = splits.loader("train", batch_size, train=True, augment=augment, seed=seed, rank=rank,
-                           world_size=world_size)
-    batches: list = []
-    for epoch in itertools.count():
-        loader.set_epoch(epoch)
-        before = len(batches)
-        batches.extend(itertools.islice(iter(loader), count - len(batches)))
-        if len(batches) == count or len(batches) == before:
-            return batches

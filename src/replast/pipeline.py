@@ -23,7 +23,7 @@ from replast import precise_bn, runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
-from replast.loading import first_batches, load_model_and_data, training_batches
+from replast.loading import first_batches, load_model_and_data
 from replast.models import classifier_name, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
 from replast.progress import epoch_progress
@@ -59,9 +59,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if reinit is not None:
         schedule.attach(trainer, reinit, utility_batches)
     if cfg.train.track_plasticity:
-        attach_tracker(trainer, _first_batch(loaders["val"]))
+        attach_tracker(trainer, first_batches(data, "val", loaders["val"].batch_size, 1, seed=cfg.seed,
+                                              rank=fabric.global_rank, world_size=fabric.world_size)[0])
     if cfg.train.precise_bn:
-        precise_bn.attach(trainer, _augmented_batches(cfg, data, fabric, cfg.train.precise_bn), model)
+        precise_bn.attach(trainer, _train_batches(cfg, data, fabric, cfg.train.precise_bn), model)
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume and last.exists():
         trainer.resume(last)
@@ -168,11 +169,6 @@ def _train_batches(cfg: FinetuneConfig, data, fabric: Fabric, count: int) -> lis
                          rank=fabric.global_rank, world_size=fabric.world_size)
 
 
-def _augmented_batches(cfg: FinetuneConfig, data, fabric: Fabric, count: int) -> list:
-    return training_batches(data, cfg.batch_size, count, seed=cfg.seed, augment=cfg.train.augment,
-                            rank=fabric.global_rank, world_size=fabric.world_size)
-
-
 def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
     return _train_batches(cfg, data, fabric, cfg.reinit.batches)
 
@@ -228,7 +224,3 @@ def _stopped(fabric: Fabric, run_dir: Path, result) -> dict[str, Any]:
         runfiles.write_status(run_dir, status, **{k: v for k, v in record.items() if k != "status"})
     return {**record, "global_rank": fabric.global_rank}
 
-
-def _first_batch(loader) -> tuple:
-    loader.set_epoch(0)
-    return next(iter(loader))

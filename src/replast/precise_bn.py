@@ -1,9 +1,8 @@
 """PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): before every evaluation, the trained
 BatchNorms' running statistics are re-estimated on fixed training batches with the current weights.
 
-The batches are augmented as in training: the affine parameters were learned on statistics of augmented
-batches, and statistics of un-augmented images cost plain fine-tuning 2-12 points of validation accuracy in
-a measurement (docs/results.md, "PreciseBN on augmented batches").
+The batches are un-augmented, like the images evaluation sees, and drawn in a seeded random order so that
+they sample every class (docs/results.md, "Class-sorted batches").
 
 The running averages (momentum 0.1) trail the weights by ~10 steps; in a short fine-tune (20 steps on a small
 dataset) that lag decides evaluation, and it is largest for the runs whose weights move most (re-initialized

@@ -29,6 +29,7 @@ class BatchLoader:
         self, indices: torch.Tensor, *, batch_size: int, image_size: int, stored_size: int,
         mean: tuple[float, float, float], std: tuple[float, float, float], train: bool, augment: bool,
         seed: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+        shuffle: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -37,6 +38,7 @@ class BatchLoader:
         self.indices = indices.to(torch.int64).cpu()
         self.batch_size, self.image_size, self.stored_size = batch_size, image_size, stored_size
         self.train, self.augment, self.seed = train, augment and train, seed
+        self.shuffle = train if shuffle is None else shuffle
         self.rank, self.world_size = rank, world_size
         self._mean_std = (mean, std)
         self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -65,7 +67,7 @@ class BatchLoader:
 
     def order(self) -> torch.Tensor:
         """Dataset indices in this epoch's order (same on every rank)."""
-        if not self.train:
+        if not self.shuffle:
             return self.indices
         if self._order is None or self._order[0] != self.epoch:
             perm = torch.randperm(len(self.indices), generator=seeded_generator(self.seed, self.epoch))

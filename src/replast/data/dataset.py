@@ -65,18 +65,19 @@ class DatasetSplits:
 
     def loader(
         self, split: str, batch_size: int, *, train: bool | None = None, seed: int | None = None,
-        rank: int = 0, world_size: int = 1, augment: bool | None = None,
+        rank: int = 0, world_size: int = 1, augment: bool | None = None, shuffle: bool | None = None,
     ) -> BatchLoader:
         """Batches of `split`; `train` (default: split == "train") shuffles, augments and drops the last batch.
 
-        `batch_size` is per rank; `seed` defaults to the dataset's; `augment=False` turns off crop+flip.
+        `batch_size` is per rank; `seed` defaults to the dataset's; `augment=False` turns off crop+flip;
+        `shuffle` (default: `train`) draws a seeded order per epoch.
         """
         train = split == "train" if train is None else train
         return self._make(
             self._split(split), batch_size=batch_size, image_size=self.image_size,
             mean=self.preprocessing.mean, std=self.preprocessing.std, train=train,
             augment=train if augment is None else augment, seed=self.seed if seed is None else seed,
-            rank=rank, world_size=world_size, device=self.device,
+            rank=rank, world_size=world_size, device=self.device, shuffle=shuffle,
         )
 
 
