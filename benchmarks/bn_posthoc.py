@@ -27,7 +27,6 @@ from replast.precise_bn import trained_channels
 from replast.reinit.bn_stats import recompute
 
 
-@torch.inference_mode()
 def augmented_batches(data, batch_size: int, count: int, seed: int, augment: bool) -> list:
     """`count` training batches as training draws them (shuffled, augmented), over as many epochs as needed."""
     loader = data.loader("train", batch_size, train=True, augment=augment, seed=seed)
@@ -40,6 +39,7 @@ def augmented_batches(data, batch_size: int, count: int, seed: int, augment: boo
     return batches
 
 
+@torch.inference_mode()
 def accuracy(model: torch.nn.Module, batches: list) -> float:
     model.eval()
     hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)

@@ -34,4 +34,3 @@ def first_batches(splits: DatasetSplits, split: str, batch_size: int, count: int
                            world_size=world_size)
     loader.set_epoch(0)
     return list(itertools.islice(iter(loader), count))
-
