@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from replast.report.build import HEADERS, table_rows
 from replast.report.tables import conditions
 
 
@@ -25,22 +26,13 @@ def re_evaluated(results: pd.DataFrame, rows: list[dict], protocol: str) -> pd.D
     return out
 
 
-def _pct(value: float, sign: bool = False) -> str:
-    return f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
-
-
 def markdown(old: pd.DataFrame, new: pd.DataFrame) -> str:
-    lines = ["| Strategy | n | Test acc % [95% CI] | Val acc % | Δ vs none, pp [95% CI] | p (Holm) "
-             "| as reported: test acc % / Δ pp |", "|---|---|---|---|---|---|---|"]
-    reported = old.set_index("arm")
-    for row in new.itertuples():
-        was = reported.loc[row.arm]
-        delta = "—" if pd.isna(row.delta) else (
-            f"{_pct(row.delta, True)} [{_pct(row.delta_low, True)}, {_pct(row.delta_high, True)}]")
-        p = "—" if pd.isna(row.p_holm) else f"{row.p_holm:.3f}"
-        was_delta = "—" if pd.isna(was.delta) else _pct(was.delta, True)
-        lines.append(f"| {row.arm} | {row.n} | {_pct(row.acc)} [{_pct(row.acc_low)}, {_pct(row.acc_high)}] "
-                     f"| {_pct(row.val_acc)} | {delta} | {p} | {_pct(was.acc)} / {was_delta} |")
+    """The report's first six columns for `new`, and the reported test accuracy and Δ from `old` beside them."""
+    reported = {row[0]: row for row in table_rows(old)}
+    lines = ["| " + " | ".join([*HEADERS[:6], "as reported: test acc % / Δ pp"]) + " |", "|---" * 7 + "|"]
+    for row in table_rows(new):
+        was = reported[row[0]]
+        lines.append("| " + " | ".join([*row[:6], f"{was[2].split(' ')[0]} / {was[4].split(' ')[0]}"]) + " |")
     return "\n".join(lines)
 
 

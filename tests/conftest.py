@@ -36,6 +36,21 @@ def cli(capsys):
 
 
 @pytest.fixture
+def benchmark():
+    """Import a script of benchmarks/ by name (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture
 def tiny_run_args(tmp_path):
     """Options of a seconds-long fine-tune on synthetic data with a small random-init CNN."""
     return ["--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic", "--epochs", "1",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -13,15 +12,8 @@ from replast.report.tables import conditions
 ROOT = Path(__file__).parents[1]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("posthoc_table", ROOT / "benchmarks" / "posthoc_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_replaced_accuracies_feed_the_same_statistics():
-    table = _module()
+def test_replaced_accuracies_feed_the_same_statistics(benchmark):
+    table = benchmark("posthoc_table")
     results = pd.read_csv(ROOT / "docs" / "results" / "cpu" / "results.csv")
     curves = pd.read_csv(ROOT / "docs" / "results" / "cpu" / "curves.csv")
     shifted = results["reinit.strategy"] == "redo"  # one arm gains one point on test, two on validation

@@ -1,12 +1,11 @@
 """PreciseBN (`--train.precise_bn K`): before every evaluation the trained BatchNorms' statistics are
-re-estimated on K un-augmented training batches in a seeded random order; frozen ones (a linear probe's backbone) are left alone."""
+re-estimated on K un-augmented training batches in a seeded random order; frozen ones (a linear probe's
+backbone) are left alone."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -62,12 +61,10 @@ def test_a_linear_probe_keeps_its_frozen_statistics(cli, tiny_run_args, tmp_path
     assert trained_channels(frozen) == {}
 
 
-def test_posthoc_re_evaluation_reproduces_the_reported_test_accuracy(cli, tiny_run_args, tmp_path):
+def test_posthoc_re_evaluation_reproduces_the_reported_test_accuracy(cli, tiny_run_args, tmp_path, benchmark):
     """benchmarks/bn_posthoc.py corrects finished runs by re-estimating statistics on the final weights;
     training never reads them, so on a run made with today's PreciseBN it must give the reported number."""
-    spec = importlib.util.spec_from_file_location("bn_posthoc", Path(__file__).parents[1] / "benchmarks/bn_posthoc.py")
-    bn_posthoc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bn_posthoc)
+    bn_posthoc = benchmark("bn_posthoc")
     code, _, err = cli("finetune", *tiny_run_args, "--train.precise_bn", 2, "--epochs", 2)
     assert code == 0, err
     row = bn_posthoc.posthoc(tmp_path / "run")

@@ -54,7 +54,8 @@ def _fmt(value: float, digits: int = 1, scale: float = 1.0, sign: bool = False) 
     return f"{scale * value:+.{digits}f}" if sign else f"{scale * value:.{digits}f}"
 
 
-def _table_rows(table: pd.DataFrame) -> list[list[str]]:
+def table_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The cells of a comparison table (`tables.arm_table`), formatted as the report prints them (HEADERS)."""
     rows = []
     for _, r in table.iterrows():
         rows.append([
@@ -121,7 +122,7 @@ def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: l
     colors = plots.arm_colors(arms)
     for i, cond in enumerate(conds):
         blocks += [Heading(2, cond.title), Paragraph(sentence(cond.table, cond.has_baseline)),
-                   Table(HEADERS, _table_rows(cond.table)), *_figures(i, cond, curves, colors),
+                   Table(HEADERS, table_rows(cond.table)), *_figures(i, cond, curves, colors),
                    *layers.diagnosis_blocks(out, i, cond.runs, colors, cond.title)]
     if not conds:
         blocks.append(Paragraph("No finished runs yet, so there is nothing to compare."))
