@@ -1,5 +1,6 @@
 """Atomic writes and safe loading: a failed write keeps the old file, a malicious pickle is refused."""
 
+import os
 import pickle
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def test_failed_write_keeps_previous_file(tmp_path):
         atomic_write(path, disk_full)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_atomic_write_gives_the_mode_open_would(tmp_path):
+    # mkstemp's 0600 must not leak into results: a new file gets 0666 less the umask, a replaced one
+    # keeps its mode.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    fresh = atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a"))
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    kept = tmp_path / "kept.csv"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    atomic_write(kept, lambda f: f.write(b"new"))
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_bytes() == b"new"
 
 
 class _Exploit:
