@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors and numbers saved with `torch.save` and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,7 +30,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}; choose a writable location") from e
     try:
-        os.fchmod(fd, _file_mode(path))
+        with contextlib.suppress(OSError):  # some filesystems (vfat, some network mounts) refuse chmod
+            os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
