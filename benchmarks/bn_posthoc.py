@@ -68,7 +68,8 @@ def posthoc(run: Path, protocols: tuple[str, ...] = PROTOCOLS) -> dict:
     row = {"run": run.name, "seed": cfg["seed"], "strategy": reinit.get("strategy"),
            "utility": reinit.get("utility"), "fraction": reinit.get("fraction"), "scope": reinit.get("scope"),
            "mode": train.get("mode")}
-    for protocol in protocols:
+    # in PROTOCOLS order whatever was asked: the saved statistics can be read only before a recompute
+    for protocol in (p for p in PROTOCOLS if p in protocols):
         batches = statistics[protocol]()
         # a probe's head was fit to the frozen statistics
         if batches and train.get("mode") != "linear-probe":

@@ -71,5 +71,8 @@ def test_posthoc_re_evaluation_reproduces_the_reported_test_accuracy(cli, tiny_r
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert row["test_acc_un_augmented"] == pytest.approx(final["test_acc"], abs=1e-6)
     assert row["test_acc_augmented"] != row["test_acc_un_augmented"]  # the protocols differ here
+    # the saved statistics are read before any recompute, whatever order the protocols are asked in
+    asked_last = bn_posthoc.posthoc(tmp_path / "run", ("augmented", "as_saved"))
+    assert asked_last["test_acc_as_saved"] == row["test_acc_as_saved"]
     batches = bn_posthoc.augmented_batches(_trained(tmp_path / "run")[1], 16, 7, seed=0, augment=True)
     assert len(batches) == 7 and all(len(y) == 16 for _, y in batches)  # more than one epoch's worth
