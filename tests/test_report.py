@@ -236,3 +236,38 @@ def test_an_arm_label_leaves_out_the_fraction_that_scope_auto_ignores():
                          for f, scope in ((0.05, "all"), (0.1, "all"), (0.1, "auto"))])
     assert list(arm_labels(runs)) == ["targeted (fraction=0.05, scope=all)", "targeted (fraction=0.1, scope=all)",
                                       "targeted (scope=auto)"]
+
+
+def test_overview_across_conditions_known_answers(study_out):
+    render(study_out)
+    table = pd.read_csv(study_out / "report" / "overview.csv").set_index("arm")
+    assert list(table.index) == ["none", "linear-probe", "targeted (fraction=0.1)", "targeted (fraction=0.3)"]
+    br, fm = "br35h × mobilenetv2_100", "fashion-mnist × mobilenetv2_100"
+    assert table.loc["none", f"delta:{br}"] == pytest.approx(0.82)  # the baseline row: its accuracy
+    assert table.loc["targeted (fraction=0.1)", f"delta:{fm}"] == pytest.approx(0.05)
+    assert table.loc["targeted (fraction=0.1)", ["higher", "lower"]].tolist() == [2, 0]
+    assert table.loc["linear-probe", ["higher", "lower"]].tolist() == [0, 2]
+    assert table.loc["targeted (fraction=0.3)", ["higher", "lower"]].tolist() == [0, 0]
+    md = (study_out / "report.md").read_text()
+    assert md.index("## All conditions at a glance") < md.index(f"## {br}")
+    assert f"| Strategy | {br} | {fm} | Higher | Lower |" in md
+    assert "| none (test acc) | 82.0% | 82.0% |  |  |" in md
+    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 |" in md
+    assert "| targeted (fraction=0.3) | +0.0 | +0.0 | 0 | 0 |" in md
+    assert "| linear-probe | -20.0* | -20.0* | 0 | 2 |" in md
+
+
+def _drop_runs(out: Path, *needles: str) -> None:
+    for run in (out / "runs").iterdir():
+        if all(n in (run / "config.yaml").read_text() for n in needles):
+            shutil.rmtree(run)
+
+
+def test_overview_marks_arms_missing_from_a_condition_and_needs_two_conditions(study_out):
+    _drop_runs(study_out, "fashion-mnist", "linear-probe")
+    render(study_out)
+    assert "| linear-probe | -20.0* | — | 0 | 1 |" in (study_out / "report.md").read_text()
+    _drop_runs(study_out, "fashion-mnist")
+    render(study_out)
+    assert "All conditions at a glance" not in (study_out / "report.md").read_text()
+    assert len(pd.read_csv(study_out / "report" / "overview.csv")) == 4  # the CSV is written for one too

@@ -1,8 +1,9 @@
 """`render(OUT)`: read the study's runs, compute the tables, draw the figures, write report.md + report.html.
 
 Outputs: OUT/report.md (PNG links), OUT/report.html (self-contained), OUT/report/figures/*.png,
-OUT/report/summary.csv (one row per condition × strategy) and OUT/report/runs.csv (per run, with
-arm, condition, epochs_to_95 and epochs_to_100).
+OUT/report/summary.csv (one row per condition × strategy), OUT/report/overview.csv (one row per strategy:
+Δ vs none and significance per condition) and OUT/report/runs.csv (per run, with arm, condition,
+epochs_to_95 and epochs_to_100).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 from replast.checkpoint import atomic_write, write_text
 from replast.errors import OutputError
 from replast.experiment import collect
-from replast.report import layers, plots
+from replast.report import layers, overview, plots
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
 from replast.report.markdown import to_markdown
@@ -117,7 +118,7 @@ def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: l
     blocks: list[Block] = [
         Heading(1, f"Study report: {name}"),
         Paragraph(f"{len(results)} runs, {finished} finished, {len(failures)} not finished. Generated {stamp}."),
-        Paragraph(METHODS)]
+        Paragraph(METHODS), *overview.blocks(conds)]
     arms = sorted({a for c in conds for a in c.table["arm"]}, key=lambda a: (a != "none", a))
     colors = plots.arm_colors(arms)
     for i, cond in enumerate(conds):
@@ -154,3 +155,4 @@ def _write_tables(out: Path, conds: list[Condition]) -> None:
     runs = pd.concat([c.runs for c in conds], ignore_index=True) if conds else pd.DataFrame()
     write_text(out / "report" / "summary.csv", summary.to_csv(index=False))
     write_text(out / "report" / "runs.csv", runs.to_csv(index=False))
+    write_text(out / "report" / "overview.csv", overview.overview(conds).to_csv(index=False))
