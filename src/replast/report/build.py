@@ -22,6 +22,7 @@ from replast.experiment import collect
 from replast.report import layers, overview, plots
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
+from replast.report.labels import BASELINE
 from replast.report.markdown import to_markdown
 from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
@@ -76,6 +77,37 @@ def _p(value: float) -> str:
     return "—" if math.isnan(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+OVERVIEW_NOTE = (
+    "Δ vs none in percentage points per condition (the none row: its test accuracy in %); * = significant as in "
+    "the tables below (Holm-corrected p < 0.05 and the 95% CI of Δ excludes 0); — = not run there, or too few "
+    "seeds paired with none. Higher / lower = in how many conditions the arm is significantly above / below none.")
+
+
+def overview_blocks(table: pd.DataFrame) -> list[Block]:
+    """The study-level section (`overview.overview`); nothing when fewer than two conditions have a baseline."""
+    titles = overview.condition_titles(table)
+    if len(titles) < 2:
+        return []
+    rows = []
+    for _, r in table.iterrows():
+        if r["arm"] == BASELINE:
+            rows.append([f"{BASELINE} (test acc)", *(_percent(r[f"{overview.DELTA}{t}"]) for t in titles), "", ""])
+            continue
+        cells = [_fmt(r[f"{overview.DELTA}{t}"], scale=100, sign=True) + _star(r[f"significant:{t}"]) for t in titles]
+        rows.append([r["arm"], *cells, str(int(r["higher"])), str(int(r["lower"]))])
+    return [Heading(2, "All conditions at a glance"), Paragraph(OVERVIEW_NOTE),
+            Table(["Strategy", *titles, "Higher", "Lower"], rows)]
+
+
+def _star(flag: object) -> str:
+    return "*" if pd.notna(flag) and bool(flag) else ""  # NaN: the arm did not run in that condition
+
+
+def _percent(value: float) -> str:
+    text = _fmt(value, scale=100)
+    return text if text == "—" else f"{text}%"
+
+
 HEADERS = ["Strategy", "n", "Test acc % [95% CI]", "Val acc %", "Δ vs none, pp [95% CI]", "p (Holm)",
            "Epochs to 95% / 100%", "Reached 100%", "Speed-up (×)", "Reinit overhead (% of epoch)"]
 
@@ -111,15 +143,15 @@ def _study_name(out: Path) -> str:
 
 
 def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: list[dict],
-             conds: list[Condition]) -> list[Block]:
+             conds: list[Condition], across: pd.DataFrame) -> list[Block]:
     name = _study_name(out)
     finished = int((results.get("status", pd.Series(dtype=str)) == "finished").sum())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
         Heading(1, f"Study report: {name}"),
         Paragraph(f"{len(results)} runs, {finished} finished, {len(failures)} not finished. Generated {stamp}."),
-        Paragraph(METHODS), *overview.blocks(conds)]
-    arms = sorted({a for c in conds for a in c.table["arm"]}, key=lambda a: (a != "none", a))
+        Paragraph(METHODS), *overview_blocks(across)]
+    arms = sorted({a for c in conds for a in c.table["arm"]}, key=lambda a: (a != BASELINE, a))
     colors = plots.arm_colors(arms)
     for i, cond in enumerate(conds):
         blocks += [Heading(2, cond.title), Paragraph(sentence(cond.table, cond.has_baseline)),
@@ -135,7 +167,8 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     results, curves, failures = _load(out)
     conds = conditions(results, curves)
-    blocks = document(out, results, curves, failures, conds)
+    across = overview.overview(conds)
+    blocks = document(out, results, curves, failures, conds, across)
     figures = [b for b in blocks if isinstance(b, Figure)]
     for figure in figures:
         atomic_write(out / figure.path, lambda f, png=figure.png: f.write(png))
@@ -144,15 +177,15 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
     for stale in (out / "report" / "figures").glob("c*-*.png"):
         if stale.name not in keep:
             stale.unlink()
-    _write_tables(out, conds)
+    _write_tables(out, conds, across)
     md = write_text(out / "report.md", to_markdown(blocks))
     html = write_text(out / "report.html", to_html(blocks, f"replast report: {_study_name(out)}"))
     return [md, html]
 
 
-def _write_tables(out: Path, conds: list[Condition]) -> None:
+def _write_tables(out: Path, conds: list[Condition], across: pd.DataFrame) -> None:
     summary = pd.concat([c.table.assign(condition=c.title) for c in conds], ignore_index=True) if conds else pd.DataFrame()
     runs = pd.concat([c.runs for c in conds], ignore_index=True) if conds else pd.DataFrame()
     write_text(out / "report" / "summary.csv", summary.to_csv(index=False))
     write_text(out / "report" / "runs.csv", runs.to_csv(index=False))
-    write_text(out / "report" / "overview.csv", overview.overview(conds).to_csv(index=False))
+    write_text(out / "report" / "overview.csv", across.to_csv(index=False))
