@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ def test_finetune_one_epoch_on_synthetic(cli, tiny_run_args, tmp_path):
     assert status["status"] == "finished"
     final = json.loads((run / "final.json").read_text())
     assert 0.0 <= final["test_acc"] <= 1.0 and final["epochs"] == 1
+    assert final["environment"]["torch"] == metadata.version("torch") and final["environment"]["device_name"]
     assert (run / "metrics.csv").read_text().startswith("epoch,")
     assert (run / "config.yaml").exists() and (run / "splits.json").exists()
     assert (run / "checkpoints" / "last.pt").exists()

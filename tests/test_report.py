@@ -119,6 +119,9 @@ def test_report_files_figures_and_failures(study_out):
     assert {Path(f).name.split("-", 1)[1] for f in figures} == {"curves.png", "fraction.png", "plasticity.png"}
     assert len(figures) == 6 and all((study_out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "## Failed and unfinished runs" in md and "failed:crash" in md and "CUDA OOM" in md
+    # These fake runs predate the environment record: one row, every finished run, nothing invented.
+    assert pd.read_csv(study_out / "report" / "environments.csv")["runs"].tolist() == [24]
+    assert md.index("## Software and hardware") < md.index("## Failed and unfinished runs")
     html = (study_out / "report.html").read_text()
     images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 6 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)

@@ -19,7 +19,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 
-from replast import precise_bn, runfiles, schedule
+from replast import environment, precise_bn, runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
@@ -214,6 +214,7 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "optimizer": asdict(trainer.settings),
         "device": str(trainer.fabric.device),
         "world_size": trainer.fabric.world_size,
+        "environment": environment.describe(trainer.fabric.device),
     }
 
 

@@ -2,8 +2,8 @@
 
 Outputs: OUT/report.md (PNG links), OUT/report.html (self-contained), OUT/report/figures/*.png,
 OUT/report/summary.csv (one row per condition × strategy), OUT/report/overview.csv (one row per strategy:
-Δ vs none and significance per condition) and OUT/report/runs.csv (per run, with arm, condition,
-epochs_to_95 and epochs_to_100).
+Δ vs none and significance per condition), OUT/report/environments.csv (the software and hardware of the
+finished runs) and OUT/report/runs.csv (per run, with arm, condition, epochs_to_95 and epochs_to_100).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from replast.checkpoint import atomic_write, write_text
 from replast.errors import OutputError
 from replast.experiment import collect
-from replast.report import layers, overview, plots
+from replast.report import layers, overview, plots, provenance
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
 from replast.report.labels import BASELINE
@@ -43,7 +43,7 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     if (out / "runs").is_dir():
         return collect(out, write=False)
     if (out / "results.csv").exists():
-        results = pd.read_csv(out / "results.csv")
+        results = pd.read_csv(out / "results.csv", dtype={"environment.commit": str})
         curves = pd.read_csv(out / "curves.csv") if (out / "curves.csv").stat().st_size > 1 else pd.DataFrame()
         failures = results[results["status"] != "finished"].to_dict("records")
         return results, curves, failures
@@ -125,6 +125,20 @@ def _figures(index: int, cond: Condition, curves: pd.DataFrame, colors: dict) ->
             for kind, caption, png in made if png]
 
 
+ENVIRONMENT_NOTE = (
+    "One row per distinct software and hardware record of the finished runs (each run's final.json), with how "
+    "many runs it produced; commit = replast's git commit, '-dirty' with uncommitted changes to its source; "
+    "threads = PyTorch's intra-op threads; processes = ranks per run; — = not recorded (runs made before "
+    "replast recorded it).")
+
+
+def environment_blocks(table: pd.DataFrame) -> list[Block]:
+    if table.empty:
+        return []
+    rows = [[str(v) for v in row] for row in table.itertuples(index=False)]
+    return [Heading(2, "Software and hardware"), Paragraph(ENVIRONMENT_NOTE), Table(list(table.columns), rows)]
+
+
 def _failures(failures: list[dict]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Failed and unfinished runs")]
     if not failures:
@@ -143,7 +157,7 @@ def _study_name(out: Path) -> str:
 
 
 def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: list[dict],
-             conds: list[Condition], across: pd.DataFrame) -> list[Block]:
+             conds: list[Condition], across: pd.DataFrame, environments: pd.DataFrame) -> list[Block]:
     name = _study_name(out)
     finished = int((results.get("status", pd.Series(dtype=str)) == "finished").sum())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -159,7 +173,7 @@ def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: l
                    *layers.diagnosis_blocks(out, i, cond.runs, colors, cond.title)]
     if not conds:
         blocks.append(Paragraph("No finished runs yet, so there is nothing to compare."))
-    return blocks + _failures(failures)
+    return blocks + environment_blocks(environments) + _failures(failures)
 
 
 def render(out_dir: str | os.PathLike) -> list[Path]:
@@ -168,7 +182,8 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
     results, curves, failures = _load(out)
     conds = conditions(results, curves)
     across = overview.overview(conds)
-    blocks = document(out, results, curves, failures, conds, across)
+    environments = provenance.environments(results)
+    blocks = document(out, results, curves, failures, conds, across, environments)
     figures = [b for b in blocks if isinstance(b, Figure)]
     for figure in figures:
         atomic_write(out / figure.path, lambda f, png=figure.png: f.write(png))
@@ -177,15 +192,16 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
     for stale in (out / "report" / "figures").glob("c*-*.png"):
         if stale.name not in keep:
             stale.unlink()
-    _write_tables(out, conds, across)
+    _write_tables(out, conds, across, environments)
     md = write_text(out / "report.md", to_markdown(blocks))
     html = write_text(out / "report.html", to_html(blocks, f"replast report: {_study_name(out)}"))
     return [md, html]
 
 
-def _write_tables(out: Path, conds: list[Condition], across: pd.DataFrame) -> None:
+def _write_tables(out: Path, conds: list[Condition], across: pd.DataFrame, environments: pd.DataFrame) -> None:
     summary = pd.concat([c.table.assign(condition=c.title) for c in conds], ignore_index=True) if conds else pd.DataFrame()
     runs = pd.concat([c.runs for c in conds], ignore_index=True) if conds else pd.DataFrame()
     write_text(out / "report" / "summary.csv", summary.to_csv(index=False))
     write_text(out / "report" / "runs.csv", runs.to_csv(index=False))
     write_text(out / "report" / "overview.csv", across.to_csv(index=False))
+    write_text(out / "report" / "environments.csv", environments.to_csv(index=False))
