@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 # results.csv column -> the report's header; world_size = processes (GPUs) per run.
@@ -31,7 +29,7 @@ def environments(results: pd.DataFrame) -> pd.DataFrame:
 
 def _text(value: object) -> str:
     """One cell as text: integers read back from CSV as floats lose their '.0', missing values show —."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if pd.isna(value):
         return NOT_RECORDED
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
