@@ -245,6 +245,23 @@ def test_running_run_is_resumed_when_dead_and_left_alone_when_alive(fake_trainer
     assert (dead / "attempts.txt").read_text().splitlines()[-1] == "resume=True"
 
 
+def test_a_run_started_by_a_relative_path_counts_as_alive(tmp_path, monkeypatch):
+    # A second sweep of a study with a relative `out` must see the first sweep's runs as busy, not start them again.
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("out/runs/abc")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(launchers, "finetune_command",
+                        lambda config: [sys.executable, "-c", "import time; time.sleep(60)", str(config)])
+    proc = launchers.start(run_dir / "config.yaml")
+    try:
+        assert launchers.is_alive(run_dir)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not launchers.is_alive(run_dir)
+
+
 def test_corrupt_files_mark_one_run_damaged_and_rerun_it(fake_trainer, study_file, tmp_path):
     sweep(study_file)
     out = tmp_path / "out"

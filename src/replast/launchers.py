@@ -52,14 +52,16 @@ def _now() -> str:
 
 def start(config: str | os.PathLike, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start one run in the background, its output appended to log.txt; record who runs it in launch.json."""
-    run_dir = Path(config).parent
+    # Absolute, so that `is_alive` finds launch.json's path in the command line whatever the working directory.
+    config = Path(config).resolve()
+    run_dir = config.parent
     with (run_dir / LOG_FILE).open("ab") as log:
         log.write(f"\n===== {_now()} start on {socket.gethostname()}\n".encode())
         log.flush()
         proc = subprocess.Popen(finetune_command(config), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     write_json(run_dir / LAUNCH_FILE, {"pid": proc.pid, "host": socket.gethostname(), "started": _now(),
-                                       "config": str(Path(config).resolve()), "env": dict(env or {}),
+                                       "config": str(config), "env": dict(env or {}),
                                        **_slurm_identity(run_dir)})
     return proc
 
