@@ -208,6 +208,16 @@ def test_sweep_only_runs_one_part_and_a_later_sweep_the_rest(fake_trainer, study
     assert len(rest.skipped) == 2 and len(rest.finished) == 4
 
 
+def test_a_sweep_reports_only_its_own_runs_as_not_finished(fake_trainer, study_file, tmp_path):
+    # Two `--only` sweeps side by side: one's queued runs must not make the other fail.
+    first = sweep(study_file, only="seed=0")
+    other = tmp_path / "out" / "runs" / first.finished[0]
+    (other / "status.json").write_text(json.dumps({"status": "queued", "updated": "x"}))
+    second = sweep(study_file, only="seed=1")
+    assert len(second.finished) == 3 and second.failures == [] and second.ok
+    assert [f["hash"] for f in sweep(study_file, collect_only=True).failures] == [other.name]
+
+
 def test_crash_is_isolated_listed_and_resumed(fake_trainer, tmp_path, monkeypatch):
     study = write_study(tmp_path / "s.yaml", name="s", out=str(tmp_path / "out"),
                         base={"epochs": 2}, grid={"seed": [0, 13]}, runs=[{"data": "bad"}])

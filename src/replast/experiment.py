@@ -160,5 +160,7 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         options = {"name": study.name, **(slurm or {})}
         launchers.run_slurm(pending, out_dir / "slurm", options, done, parallel=jobs if jobs > 1 else 0, wait=wait)
     store.write()
-    summary.failures = store.failures()
+    # Only this sweep's runs count: another sweep's queued or running runs are not failures of this one.
+    own = {spec.hash for spec in specs} - set(summary.busy)
+    summary.failures = [f for f in store.failures() if f["hash"] in own]
     return summary
