@@ -140,7 +140,7 @@ def test_duplicates_run_once_with_a_warning(caplog):
 
 
 @pytest.mark.parametrize("name, runs", [("smoke", 4), ("demo", None), ("paper", 3105), ("options", 23 * 3),
-                                        ("baseline_lr", 2 * 3 * 3 * 5 * 3), ("options_confirm", 3 * 5 * 2),
+                                        ("baseline_lr", 2 * 3 * 3 * 5 * 3), ("options_confirm", 4 * 5 * 2),
                                         ("cpu", 10 * 3)])
 def test_shipped_studies_expand(name, runs):
     specs = expand(load_study(name))
