@@ -20,6 +20,7 @@ import yaml
 from replast import launchers
 from replast.errors import ConfigError, OutputError
 from replast.experiment import collect, config_hash, expand, load_study, sweep
+from replast.store import merge
 from replast.study import parse_study, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,6 +316,80 @@ def test_collect_rebuild_equals_the_incremental_store(fake_trainer, study_file, 
 def test_collect_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(OutputError, match="no runs/ directory"):
         collect(tmp_path)
+
+
+# ---- merging a study run in parts on several machines ---------------------------------------------
+def test_merge_combines_parts_run_in_two_places_and_is_idempotent(fake_trainer, study_file, tmp_path, cli):
+    sweep(study_file, only="seed=0")  # machine A: tmp_path/out
+    sweep(study_file, out=tmp_path / "b", only="seed=1")  # machine B
+    into = tmp_path / "docs"
+    first = merge(tmp_path / "out", into)
+    # The first part lands byte for byte as the sweep wrote it.
+    assert len(first.added) == 3
+    for name in ("results.csv", "curves.csv"):
+        assert (into / name).read_text() == (tmp_path / "out" / name).read_text()
+    code, out, _ = cli("merge", tmp_path / "b", into)
+    assert code == 0 and "3 runs added" in " ".join(out.split())
+    results, curves = pd.read_csv(into / "results.csv"), pd.read_csv(into / "curves.csv")
+    whole = sweep(study_file, out=tmp_path / "whole")
+    assert sorted(results["hash"]) == sorted(whole.finished) and set(results["status"]) == {"finished"}
+    expected = pd.read_csv(tmp_path / "whole" / "results.csv").set_index("hash")["test_acc"]
+    assert results.set_index("hash")["test_acc"].sort_index().equals(expected.sort_index())
+    assert len(curves) == 6 * 3 and sorted(set(curves["hash"])) == sorted(results["hash"])
+    before = [(into / f).read_text() for f in ("results.csv", "curves.csv")]
+    again = merge(tmp_path / "b", into)
+    assert again.added == again.replaced == [] and len(again.kept) == 3
+    assert [(into / f).read_text() for f in ("results.csv", "curves.csv")] == before
+
+
+def test_merge_replaces_unfinished_rows_leaves_out_unfinished_runs_and_keeps_column_order(
+        fake_trainer, study_file, tmp_path):
+    sweep(study_file, only="seed=0")
+    out = tmp_path / "out"
+    results = pd.read_csv(out / "results.csv")
+    failed, queued = results["hash"][0], results["hash"][1]
+    # INTO: an older layout (an extra column first, fewer columns) where one run had crashed.
+    into = tmp_path / "docs"
+    into.mkdir()
+    old = results.drop(columns=["wall_time_s"]).assign(note="old")[["note", *results.columns.drop("wall_time_s")]]
+    old.loc[old["hash"] == failed, ["status", "test_acc"]] = ["failed:crash", None]
+    old.to_csv(into / "results.csv", index=False)
+    (into / "curves.csv").write_text("hash,epoch,val_acc\n" + f"{failed},1,0.1\n")
+    (out / "runs" / queued / "status.json").write_text(json.dumps({"status": "queued", "updated": "x"}))
+    summary = merge(out, into)
+    assert summary.replaced == [failed] and summary.not_finished == [queued] and summary.added == []
+    merged = pd.read_csv(into / "results.csv")
+    assert list(merged.columns) == [*old.columns, "wall_time_s"]
+    row = merged.set_index("hash").loc[failed]
+    assert row["status"] == "finished" and row["test_acc"] == results.set_index("hash").loc[failed, "test_acc"]
+    assert pd.isna(row["note"]) and merged.set_index("hash").loc[queued, "note"] == "old"
+    curves = pd.read_csv(into / "curves.csv")
+    assert list(curves["epoch"][curves["hash"] == failed]) == [1, 2, 3]  # the crashed run's curve is replaced
+
+
+def test_merge_bad_input(fake_trainer, study_file, tmp_path, cli):
+    sweep(study_file, only="seed=0")
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="holds run directories.*without runs/"):
+        merge(tmp_path / "out", out)
+    with pytest.raises(OutputError, match="neither runs/ nor results.csv"):
+        merge(tmp_path / "nowhere", tmp_path / "docs")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("name,acc\na,1\n")
+    with pytest.raises(OutputError, match="no hash, status column"):
+        merge(foreign, tmp_path / "docs")
+    (foreign / "results.csv").write_text("hash,status\n")
+    (foreign / "curves.csv").write_text("epoch,val_acc\n1,0.5\n")
+    with pytest.raises(OutputError, match="curves.csv has no hash column"):
+        merge(foreign, tmp_path / "docs")
+    (foreign / "results.csv").write_text("name,acc\na,1\n")
+    code, stdout, err = cli("merge", foreign, tmp_path / "docs")
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and "no hash, status column" in err
+    assert not (tmp_path / "docs").exists()  # nothing written on failure
+    (out / "runs").rename(tmp_path / "moved")
+    (out / "runs").mkdir()  # a study not started yet: nothing to add, not an error
+    assert merge(out, tmp_path / "docs").added == [] and (tmp_path / "docs" / "results.csv").read_text() == "\n"
 
 
 def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, tmp_path, monkeypatch):

@@ -34,6 +34,8 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "reinit": {"help": "Write a re-initialized model for any training script.", "fn": commands.reinit_model},
     # `sweep --config` names the study file itself, so it takes no generic config file.
     "sweep": {"help": "Run (or resume) a study of many runs.", "fn": commands.sweep, "config_file": False},
+    "merge": {"help": "Add one study OUT's finished runs to another's results.", "fn": commands.merge,
+              "positional": True},
     "report": {"help": "Write report.md and report.html for a study.", "fn": commands.report, "positional": True},
     "bench": {"help": "Training throughput against a plain DataLoader loop.", "fn": commands.bench},
     "demo": {"help": "The embedded default job: MobileNetV2 on Br35H, strategies compared.", "fn": commands.demo},

@@ -147,6 +147,22 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
     return 0 if summary.ok else 1
 
 
+def merge(source: str, into: str) -> int:
+    """Add the finished runs of one study OUT to another's results.csv and curves.csv.
+
+    For a study run in parts on several machines: `replast merge runs/paper docs/results/paper`, then
+    `replast report docs/results/paper`. INTO's rows stay; a run finished in both keeps INTO's row.
+
+    Args:
+        source: A study's OUT directory (its runs/ are read afresh) or a folder holding results.csv.
+        into: The folder whose results.csv and curves.csv receive the runs (created when missing).
+    """
+    from replast.store import merge as merge_runs
+
+    console.print(str(merge_runs(source, into)))
+    return 0
+
+
 def report(out: str) -> int:
     """Write report.md and a self-contained report.html for a study's OUT directory.
 

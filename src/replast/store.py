@@ -1,17 +1,21 @@
 """The results store of a study: run directories read into one tidy results.csv and one curves.csv.
 
     from replast.store import collect; results, curves, failures = collect("runs/smoke")
+    from replast.store import merge; merge("runs/paper-gpu", into="docs/results/paper")
 
 `read_run` never raises on a damaged run directory: it marks the run `damaged` with the reason, so a
 sweep can set it aside and re-run it. `Store` keeps the rows in memory and rewrites the CSVs on update.
+`merge` adds the finished runs of one OUT (a study spread over machines) to another's CSVs.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +159,102 @@ def collect(out: str | os.PathLike, *, write: bool = True):
     store = Store(out).load()
     results, curves = store.write() if write else store.frames()
     return results, curves, store.failures()
+
+
+@dataclass
+class CsvTable:
+    """A CSV file as text cells, so rows pass through a merge byte for byte (no float reformatting)."""
+
+    columns: list[str] = field(default_factory=list)
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> CsvTable:
+        reader = csv.DictReader(io.StringIO(text))
+        return cls(list(reader.fieldnames or []), list(reader))
+
+    def text(self) -> str:
+        if not self.columns:
+            return "\n"  # what pandas writes for an empty table
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def add_columns(self, columns: Sequence[str]) -> None:
+        self.columns += [c for c in columns if c not in self.columns]
+
+
+def _tables(out: Path) -> tuple[CsvTable, CsvTable]:
+    """OUT's results and curves: rebuilt from runs/ when it has them (as collect would), else its CSV files."""
+    if (out / "runs").is_dir():
+        results, curves = Store(out).load().frames()
+        texts = [results.to_csv(index=False), curves.to_csv(index=False)]
+    elif (out / "results.csv").is_file():
+        texts = [(out / name).read_text() if (out / name).is_file() else "" for name in ("results.csv", "curves.csv")]
+    else:
+        raise OutputError(f"{out} holds neither runs/ nor results.csv; pass a study's OUT directory")
+    tables = CsvTable.parse(texts[0]), CsvTable.parse(texts[1])
+    for table, name, needed in zip(tables, ("results.csv", "curves.csv"), (("hash", "status"), ("hash",)),
+                                   strict=True):
+        missing = [c for c in needed if c not in table.columns]
+        if table.columns and missing:  # no columns at all = no runs yet
+            raise OutputError(f"{out / name} has no {', '.join(missing)} column; is it a replast results file?")
+    return tables
+
+
+@dataclass
+class MergeSummary:
+    into: Path
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # unfinished in INTO, finished in the source
+    kept: list[str] = field(default_factory=list)  # finished in both: INTO's row stays
+    not_finished: list[str] = field(default_factory=list)  # source runs left out
+
+    def __str__(self) -> str:
+        return (f"merged into {self.into}: {len(self.added)} runs added, {len(self.replaced)} unfinished runs "
+                f"replaced by finished ones, {len(self.kept)} already there (kept), {len(self.not_finished)} "
+                f"unfinished in the source (left out)")
+
+
+def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
+    """Add SOURCE's finished runs to INTO's results.csv and curves.csv (a study run in parts on several machines).
+
+    INTO's rows, their order and their column order stay as they are; new columns are appended. A run already
+    finished in INTO is kept, so merging twice changes nothing. INTO must not hold run directories: a sweep
+    there rebuilds its CSVs from them and would drop the merged rows.
+    """
+    source, into = Path(source), Path(into)
+    if (into / "runs").is_dir():
+        raise OutputError(f"{into} holds run directories, whose sweep rewrites results.csv from them; "
+                          "merge into a directory without runs/ (e.g. docs/results/NAME)")
+    results, curves = _tables(source)
+    if (into / "results.csv").is_file():
+        target, target_curves = _tables(into)
+    else:
+        target, target_curves = CsvTable(), CsvTable()
+    summary = MergeSummary(into)
+    position = {row["hash"]: i for i, row in enumerate(target.rows)}
+    taken = set()
+    for row in results.rows:
+        run_hash, i = row["hash"], position.get(row["hash"])
+        if row["status"] != runfiles.FINISHED:
+            summary.not_finished.append(run_hash)
+        elif i is not None and target.rows[i]["status"] == runfiles.FINISHED:
+            summary.kept.append(run_hash)
+        else:
+            (summary.added if i is None else summary.replaced).append(run_hash)
+            if i is None:
+                target.rows.append(row)
+            else:
+                target.rows[i] = row
+            taken.add(run_hash)
+    target.add_columns(results.columns)
+    target_curves.rows = [r for r in target_curves.rows if r["hash"] not in taken]
+    target_curves.rows += [r for r in curves.rows if r["hash"] in taken]
+    target_curves.add_columns(curves.columns)
+    into.mkdir(parents=True, exist_ok=True)
+    write_text(into / "curves.csv", target_curves.text())
+    write_text(into / "results.csv", target.text())
+    return summary
