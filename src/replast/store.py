@@ -236,20 +236,19 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
         target, target_curves = CsvTable(), CsvTable()
     summary = MergeSummary(into)
     position = {row["hash"]: i for i, row in enumerate(target.rows)}
-    taken = set()
     for row in results.rows:
         run_hash, i = row["hash"], position.get(row["hash"])
         if row["status"] != runfiles.FINISHED:
             summary.not_finished.append(run_hash)
         elif i is not None and target.rows[i]["status"] == runfiles.FINISHED:
             summary.kept.append(run_hash)
+        elif i is None:
+            summary.added.append(run_hash)
+            target.rows.append(row)
         else:
-            (summary.added if i is None else summary.replaced).append(run_hash)
-            if i is None:
-                target.rows.append(row)
-            else:
-                target.rows[i] = row
-            taken.add(run_hash)
+            summary.replaced.append(run_hash)
+            target.rows[i] = row
+    taken = {*summary.added, *summary.replaced}
     target.add_columns(results.columns)
     target_curves.rows = [r for r in target_curves.rows if r["hash"] not in taken]
     target_curves.rows += [r for r in curves.rows if r["hash"] in taken]
