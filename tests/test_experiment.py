@@ -457,4 +457,4 @@ def test_smoke_study_end_to_end(tmp_path):
     md = (tmp_path / "smoke" / "report.md").read_text()
     assert "## synthetic × mobilenetv2_050" in md and "| targeted | 2 |" in md
     assert "### Per-layer diagnostics" in md and "of the 4 runs made with `--diagnose true`" in md
-    assert (tmp_path / "smoke" / "report" / "figures" / "c00-layers.png").stat().st_size > 1000
+    assert (tmp_path / "smoke" / "report" / "figures" / "synthetic-mobilenetv2_050-layers.png").stat().st_size > 1000

@@ -17,6 +17,7 @@ import yaml
 
 from replast.config import FinetuneConfig
 from replast.report import render
+from replast.report.labels import figure_stems
 from replast.report.summary import sentence
 from replast.report.tables import arm_table
 from replast.study import config_hash, unflatten
@@ -116,7 +117,8 @@ def test_report_files_figures_and_failures(study_out):
     md = (study_out / "report.md").read_text()
     assert md.count("## br35h × mobilenetv2_100") == 1 and md.count("## fashion-mnist × mobilenetv2_100") == 1
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert {Path(f).name.split("-", 1)[1] for f in figures} == {"curves.png", "fraction.png", "plasticity.png"}
+    assert {Path(f).name.rsplit("-", 1)[1] for f in figures} == {"curves.png", "fraction.png", "plasticity.png"}
+    assert {Path(f).name.rsplit("-", 1)[0] for f in figures} == {"br35h-mobilenetv2_100", "fashion-mnist-mobilenetv2_100"}
     assert len(figures) == 6 and all((study_out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "## Failed and unfinished runs" in md and "failed:crash" in md and "CUDA OOM" in md
     # These fake runs predate the environment record: one row, every finished run, nothing invented.
@@ -165,8 +167,32 @@ def test_per_layer_diagnostics_before_and_after_reinit_known_answers(study_out):
     assert "| targeted (fraction=0.1) | 3 | 0.300 → 0.100 → 0.100 | 50.0 → 50.0 → 50.0 | 25.0 → 25.0 → 25.0 | " \
            "10.000 → 30.000 |" in section
     assert "Per-layer diagnostics" not in md.split("## fashion-mnist")[1]  # no diagnosis there: no section
-    figure = study_out / "report" / "figures" / "c00-layers.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "c00-layers.png" in section
+    figure = study_out / "report" / "figures" / "br35h-mobilenetv2_100-layers.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "br35h-mobilenetv2_100-layers.png" in section
+
+
+def test_figure_stems_from_titles_known_answers():
+    assert figure_stems(["br35h × mobilenetv2_100 (train_fraction=0.25)", "all runs", "Ünïcode ×× !"]) == [
+        "br35h-mobilenetv2_100-train_fraction-0.25", "all-runs", "n-code"]
+    assert figure_stems(["a × b", "a-b", "a b", "×"]) == ["a-b", "a-b-2", "a-b-3", "condition"]
+    assert len(figure_stems(["x" * 500])[0]) == 120
+
+
+def test_figures_keep_their_names_when_a_condition_is_added(study_out):
+    """A study run in parts gains conditions; hand-written docs link its figures, so a figure's name must not
+    depend on where its condition sorts. Stale figures (of conditions gone, or of older names) are removed."""
+    render(study_out)
+    figures = study_out / "report" / "figures"
+    before = {p.name for p in figures.glob("*.png")}
+    (figures / "c00-curves.png").write_bytes(b"old name")
+    for seed, base in BASE.items():  # a condition that sorts first
+        write_run(study_out, {"data": "animal-mnist", "seed": seed}, base, [base - 0.2, base - 0.1, base])
+    render(study_out)
+    after = {p.name for p in figures.glob("*.png")}
+    assert before < after and "c00-curves.png" not in after
+    assert after - before == {"animal-mnist-mobilenetv2_100-curves.png"}  # plain runs only: no fraction plot
+    md = (study_out / "report.md").read_text()
+    assert "report/figures/br35h-mobilenetv2_100-curves.png" in md.split("## br35h")[1].split("## fashion")[0]
 
 
 def test_report_from_results_csv_alone_and_with_nothing_finished(study_out, tmp_path):

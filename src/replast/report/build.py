@@ -22,7 +22,7 @@ from replast.experiment import collect
 from replast.report import layers, overview, plots, provenance
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
-from replast.report.labels import BASELINE
+from replast.report.labels import BASELINE, figure_stems
 from replast.report.markdown import to_markdown
 from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
@@ -112,7 +112,7 @@ HEADERS = ["Strategy", "n", "Test acc % [95% CI]", "Val acc %", "Δ vs none, pp 
            "Epochs to 95% / 100%", "Reached 100%", "Speed-up (×)", "Reinit overhead (% of epoch)"]
 
 
-def _figures(index: int, cond: Condition, curves: pd.DataFrame, colors: dict) -> list[Figure]:
+def _figures(stem: str, cond: Condition, curves: pd.DataFrame, colors: dict) -> list[Figure]:
     arm_of = dict(zip(cond.runs["hash"], cond.runs["arm"], strict=True))
     sub = curves[curves["hash"].isin(arm_of)] if not curves.empty else curves
     made = [("curves", "Validation accuracy per epoch (mean, 95% bootstrap band over seeds)",
@@ -121,7 +121,7 @@ def _figures(index: int, cond: Condition, curves: pd.DataFrame, colors: dict) ->
              plots.fraction_plot(cond.runs, colors, cond.title)),
             ("plasticity", "Plasticity metrics tracked during training (mean, 95% band over seeds)",
              plots.plasticity_curves(sub, arm_of, colors, cond.title))]
-    return [Figure(f"report/figures/c{index:02d}-{kind}.png", f"{cond.title}: {caption}", png)
+    return [Figure(f"report/figures/{stem}-{kind}.png", f"{cond.title}: {caption}", png)
             for kind, caption, png in made if png]
 
 
@@ -167,10 +167,10 @@ def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: l
         Paragraph(METHODS), *overview_blocks(across)]
     arms = sorted({a for c in conds for a in c.table["arm"]}, key=lambda a: (a != BASELINE, a))
     colors = plots.arm_colors(arms)
-    for i, cond in enumerate(conds):
+    for stem, cond in zip(figure_stems([c.title for c in conds]), conds, strict=True):
         blocks += [Heading(2, cond.title), Paragraph(sentence(cond.table, cond.has_baseline)),
-                   Table(HEADERS, table_rows(cond.table)), *_figures(i, cond, curves, colors),
-                   *layers.diagnosis_blocks(out, i, cond.runs, colors, cond.title)]
+                   Table(HEADERS, table_rows(cond.table)), *_figures(stem, cond, curves, colors),
+                   *layers.diagnosis_blocks(out, stem, cond.runs, colors, cond.title)]
     if not conds:
         blocks.append(Paragraph("No finished runs yet, so there is nothing to compare."))
     return blocks + environment_blocks(environments) + _failures(failures)
@@ -189,7 +189,7 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
         atomic_write(out / figure.path, lambda f, png=figure.png: f.write(png))
     # Figures of conditions that no longer exist would otherwise linger next to the new report.
     keep = {(out / f.path).name for f in figures}
-    for stale in (out / "report" / "figures").glob("c*-*.png"):
+    for stale in (out / "report" / "figures").glob("*.png"):
         if stale.name not in keep:
             stale.unlink()
     _write_tables(out, conds, across, environments)

@@ -6,6 +6,8 @@ a condition is every other varying config field except the seed (e.g. data, mode
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from replast.study import config_keys
@@ -78,10 +80,23 @@ def condition_titles(results: pd.DataFrame, columns: list[str]) -> pd.Series:
     return results.apply(title, axis=1)
 
 
+def figure_stems(titles: list[str]) -> list[str]:
+    """A file-name stem per condition title, made from the title itself so that a figure keeps its name when
+    conditions are added to a study: 'br35h × mobilenetv2_100 (train_fraction=0.25)' →
+    'br35h-mobilenetv2_100-train_fraction-0.25'. Stems that would clash get -2, -3, ..."""
+    stems: list[str] = []
+    for title in titles:
+        stem = re.sub(r"[^a-z0-9._]+", "-", title.lower()).strip("-.")[:120] or "condition"
+        candidate, n = stem, 1
+        while candidate in stems:
+            n += 1
+            candidate = f"{stem}-{n}"
+        stems.append(candidate)
+    return stems
+
+
 def natural_key(text: str) -> tuple:
     """Sort 'fraction=0.05' before 'fraction=0.1' and 'none' first."""
-    import re
-
     parts = re.split(r"(-?\d+(?:\.\d+)?)", text)
     return (text != BASELINE, tuple((0, float(p)) if re.fullmatch(r"-?\d+(?:\.\d+)?", p) else (1, p)
                                     for p in parts if p))

@@ -1,7 +1,7 @@
 """Per-layer diagnostics of the runs made with `--diagnose true`: before and after re-initialization and
 after training, as one table (layer means per stage) and one figure (per-layer curves) per condition.
 
-    blocks = diagnosis_blocks(out, index, cond.runs, colors, cond.title)   # [] when no run has diagnosis.json
+    blocks = diagnosis_blocks(out, stem, cond.runs, colors, cond.title)   # [] when no run has diagnosis.json
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def layer_figure(layers: pd.DataFrame, arms: list[str], colors: Mapping[str, tup
     return png_bytes(fig)
 
 
-def diagnosis_blocks(out: Path, index: int, runs: pd.DataFrame, colors: Mapping[str, tuple],
+def diagnosis_blocks(out: Path, stem: str, runs: pd.DataFrame, colors: Mapping[str, tuple],
                      title: str) -> list[Block]:
     """The diagnostics part of one condition's section, or [] when none of its runs has diagnosis.json."""
     layers, features, unreadable = load(out, runs)
@@ -110,7 +110,7 @@ def diagnosis_blocks(out: Path, index: int, runs: pd.DataFrame, colors: Mapping[
             "median)); 0 = plastic, 1 = saturated.")
     if unreadable:
         text += f" {unreadable} diagnosis.json file(s) could not be read and are left out."
-    figure = Figure(f"report/figures/c{index:02d}-layers.png",
+    figure = Figure(f"report/figures/{stem}-layers.png",
                     f"{title}: plasticity score per layer before and after re-initialization and after training "
                     "(mean over seeds)", layer_figure(layers, arms, colors, title))
     return [Heading(3, "Per-layer diagnostics"), Paragraph(text), stage_table(layers, features, arms), figure]
