@@ -4,6 +4,8 @@ test_experiment.py's."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -79,6 +81,19 @@ def test_listings_name_every_entry(cli, command, names):
     assert code == 0, err
     expected = names()
     assert expected and all(name in stdout for name in expected), stdout
+
+
+@pytest.mark.parametrize(("command", "rows"), [("models", list_models), ("datasets", list_datasets)])
+def test_listings_as_csv_and_json_hold_every_field_in_full(cli, command, rows):
+    code, stdout, err = cli(command, "--format", "csv")
+    assert code == 0, err
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows()]
+    assert list(csv.DictReader(io.StringIO(stdout))) == as_text  # locations and descriptions uncut
+    code, stdout, err = cli(command, "--format", "json")
+    assert code == 0, err
+    assert json.loads(stdout) == rows()
+    code, stdout, err = cli(command, "--format", "yaml")
+    assert code == 2 and not stdout and len(err.strip().splitlines()) == 1 and "table" in err and "csv" in err
 
 
 def test_sweep_then_report(cli, fake_trainer, tmp_path):

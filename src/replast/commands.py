@@ -32,19 +32,47 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def models() -> int:
-    """List the model zoo: names with shipped offline weights (any timm/torchvision name also works)."""
+Listing = Literal["table", "csv", "json"]
+
+
+def _print_listing(title: str, rows: list[dict], format: Listing) -> None:
+    """A rich table for people; CSV or JSON (every field, nothing cut) for scripts and narrow pipes."""
+    if format == "table":
+        console.print(_table(title, rows))
+    elif format == "csv":
+        import csv
+        import sys
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        import json
+
+        print(json.dumps(rows, indent=2))
+
+
+def models(format: Listing = "table") -> int:
+    """List the model zoo: names with shipped offline weights (any timm/torchvision name also works).
+
+    Args:
+        format: table (for reading), csv or json (for scripts: every field in full).
+    """
     from replast.models import list_models
 
-    console.print(_table("replast model zoo", list_models()))
+    _print_listing("replast model zoo", list_models(), format)
     return 0
 
 
-def datasets() -> int:
-    """List the shipped datasets (and the imagefolder:PATH form for your own data)."""
+def datasets(format: Listing = "table") -> int:
+    """List the shipped datasets (and the imagefolder:PATH form for your own data).
+
+    Args:
+        format: table (for reading), csv or json (for scripts: every field in full).
+    """
     from replast.data import list_datasets
 
-    console.print(_table("replast datasets", list_datasets()))
+    _print_listing("replast datasets", list_datasets(), format)
     return 0
 
 
