@@ -60,6 +60,14 @@ def test_wilcoxon_from_six_pairs_known_answer():
     assert r.test == "wilcoxon signed-rank" and r.p_value == pytest.approx(0.03125)
 
 
+def test_wilcoxon_ties_differences_that_are_equal_but_for_rounding():
+    # +-0.01 and 0 twice over, as 0.81 - 0.80, 0.81 - 0.82, 0.84 - 0.84: in floating point the positive
+    # differences are larger than the negative ones, which unrounded gives p 0.5 instead of the tie's 1.
+    a, b = [0.81, 0.81, 0.84] * 2, [0.80, 0.82, 0.84] * 2
+    assert abs(a[0] - b[0]) != abs(a[1] - b[1])
+    assert paired_comparison(a, b).p_value == pytest.approx(1.0)
+
+
 def test_paired_by_seed_mapping_and_degenerate_cases():
     r = paired_comparison({0: 0.9, 1: 0.8, 2: 0.5}, {2: 0.4, 0: 0.8, 7: 0.1})
     assert r.n == 2 and r.mean_diff == pytest.approx(0.1)
