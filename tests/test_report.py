@@ -284,6 +284,15 @@ def test_overview_across_conditions_known_answers(study_out):
     assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 |" in md
     assert "| targeted (fraction=0.3) | +0.0 | +0.0 | 0 | 0 |" in md
     assert "| linear-probe | -20.0* | -20.0* | 0 | 2 |" in md
+    # Pooled over both conditions: 6 pairs each. All six +5 pp (or all negative): Wilcoxon's smallest two-sided
+    # p, 2/2^6; Holm over the three arms (the third has p 1) → 3 × 2/64, so nothing pooled is starred.
+    assert table.loc["targeted (fraction=0.1)", ["pooled_n", "pooled_p"]].tolist() == [6, pytest.approx(2 / 64)]
+    assert table.loc["targeted (fraction=0.1)", "pooled_delta"] == pytest.approx(0.05)
+    assert table.loc["linear-probe", "pooled_delta"] == pytest.approx(-0.20)
+    assert table.loc["targeted (fraction=0.3)", "pooled_p"] == pytest.approx(1.0)
+    assert table.loc["targeted (fraction=0.1)", "pooled_p_holm"] == pytest.approx(3 * 2 / 64)
+    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 | +5.0 [+5.0, +5.0] (6) | 0.094 |" in md
+    assert "| none (test acc) | 82.0% | 82.0% |  |  |  |  |" in md
 
 
 def _drop_runs(out: Path, *needles: str) -> None:

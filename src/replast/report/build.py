@@ -24,7 +24,7 @@ from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
 from replast.report.labels import BASELINE, figure_stems
 from replast.report.markdown import to_markdown
-from replast.report.summary import sentence
+from replast.report.summary import sentence, significant
 from replast.report.tables import Condition, conditions
 
 METHODS = (
@@ -80,7 +80,10 @@ def _p(value: float) -> str:
 OVERVIEW_NOTE = (
     "Δ vs none in percentage points per condition (the none row: its test accuracy in %); * = significant as in "
     "the tables below (Holm-corrected p < 0.05 and the 95% CI of Δ excludes 0); — = not run there, or too few "
-    "seeds paired with none. Higher / lower = in how many conditions the arm is significantly above / below none.")
+    "seeds paired with none. Higher / lower = in how many conditions the arm is significantly above / below none. "
+    "Pooled = all seed-paired differences of all conditions tested together (n pairs; bootstrap CI, Wilcoxon "
+    "signed-rank from 6 pairs, Holm-corrected over the arms): whether an arm moves accuracy the same way across "
+    "the conditions of this study, each weighted by its number of seeds.")
 
 
 def overview_blocks(table: pd.DataFrame) -> list[Block]:
@@ -91,12 +94,22 @@ def overview_blocks(table: pd.DataFrame) -> list[Block]:
     rows = []
     for _, r in table.iterrows():
         if r["arm"] == BASELINE:
-            rows.append([f"{BASELINE} (test acc)", *(_percent(r[f"{overview.DELTA}{t}"]) for t in titles), "", ""])
+            rows.append([f"{BASELINE} (test acc)", *(_percent(r[f"{overview.DELTA}{t}"]) for t in titles),
+                         "", "", "", ""])
             continue
         cells = [_fmt(r[f"{overview.DELTA}{t}"], scale=100, sign=True) + _star(r[f"significant:{t}"]) for t in titles]
-        rows.append([r["arm"], *cells, str(int(r["higher"])), str(int(r["lower"]))])
+        rows.append([r["arm"], *cells, str(int(r["higher"])), str(int(r["lower"])), *_pooled_cells(r)])
     return [Heading(2, "All conditions at a glance"), Paragraph(OVERVIEW_NOTE),
-            Table(["Strategy", *titles, "Higher", "Lower"], rows)]
+            Table(["Strategy", *titles, "Higher", "Lower", "Pooled Δ, pp [95% CI] (n)", "Pooled p (Holm)"], rows)]
+
+
+def _pooled_cells(r: pd.Series) -> list[str]:
+    p, low, high = r["pooled_p_holm"], r["pooled_delta_low"], r["pooled_delta_high"]
+    if pd.isna(r["pooled_n"]) or math.isnan(p):
+        return ["—", "—"]
+    star = _star(significant(pd.Series({"p_holm": p, "delta_low": low, "delta_high": high})))
+    return [f"{_fmt(r['pooled_delta'], scale=100, sign=True)}{star} [{_fmt(low, scale=100, sign=True)}, "
+            f"{_fmt(high, scale=100, sign=True)}] ({int(r['pooled_n'])})", _p(p)]
 
 
 def _star(flag: object) -> str:

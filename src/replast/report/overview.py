@@ -1,14 +1,21 @@
-"""Every condition at a glance: each arm's Δ vs none per condition, and in how many conditions it is
-significantly higher or lower — the study-level answer that the per-condition tables give one cell at a time.
+"""Every condition at a glance: each arm's Δ vs none per condition, in how many conditions it is
+significantly higher or lower, and its pooled Δ over all conditions — the study-level answer that the
+per-condition tables give one cell at a time.
+
+Pooled: every seed-paired difference of every condition together, tested like one condition's arm (bootstrap
+CI, paired t under 6 pairs, Wilcoxon signed-rank from 6) and Holm-corrected over the arms. Pairs from different
+conditions are independent, so under "no effect in any condition" (each difference symmetric about 0) the
+test holds; what it pools is the conditions the study happens to hold, each weighted by its seeds.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from replast import stats
 from replast.report.labels import BASELINE, natural_key
 from replast.report.summary import significant
-from replast.report.tables import Condition
+from replast.report.tables import METRIC, Condition, by_seed
 
 DELTA = "delta:"  # column prefix: one `delta:<condition>` per condition, in the order of the conditions
 
@@ -27,7 +34,28 @@ def overview(conds: list[Condition]) -> pd.DataFrame:
             row["higher"] += int(flag and r["delta"] > 0)
             row["lower"] += int(flag and r["delta"] < 0)
     arms = sorted(rows, key=lambda a: (a != BASELINE, natural_key(a)))
-    return pd.DataFrame([rows[a] for a in arms])
+    table = pd.DataFrame([rows[a] for a in arms])
+    return table.join(pooled(conds), on="arm") if rows else table
+
+
+POOLED = ["pooled_n", "pooled_delta", "pooled_delta_low", "pooled_delta_high", "pooled_p", "pooled_p_holm"]
+
+
+def pooled(conds: list[Condition], seed: int = 0) -> pd.DataFrame:
+    """Per arm (index): the seed-paired differences to the baseline of all conditions, compared as one."""
+    arm_values: dict[str, dict] = {}
+    base_values: dict = {}
+    for cond in (c for c in conds if c.has_baseline):
+        for arm, runs in cond.runs.groupby("arm"):
+            values = {(cond.title, s): v for s, v in by_seed(runs, METRIC).items()}
+            (base_values if arm == BASELINE else arm_values.setdefault(str(arm), {})).update(values)
+    rows = {}
+    for arm, values in arm_values.items():
+        r = stats.paired_comparison(values, base_values, seed=seed)
+        rows[arm] = [r.n, r.mean_diff, r.low, r.high, r.p_value]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=POOLED[:-1])
+    table["pooled_p_holm"] = stats.holm(table["pooled_p"].tolist())
+    return table
 
 
 def condition_titles(table: pd.DataFrame) -> list[str]:

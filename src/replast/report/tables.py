@@ -36,7 +36,8 @@ def prepare(results: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return finished.join(targets)
 
 
-def _by_seed(runs: pd.DataFrame, column: str) -> dict:
+def by_seed(runs: pd.DataFrame, column: str) -> dict:
+    """{seed: mean of `column` over the runs of that seed}."""
     values = runs[["seed", column]].dropna() if column in runs else pd.DataFrame(columns=["seed", column])
     return values.groupby("seed")[column].mean().to_dict()
 
@@ -57,7 +58,7 @@ def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None, seed: int)
     if {"reinit_time_s", "epoch_time_s"} <= set(runs.columns):
         row["overhead_pct"] = _mean(100 * runs["reinit_time_s"] / runs["epoch_time_s"].replace(0, np.nan))
     if base is not None and arm != BASELINE:
-        r = stats.paired_comparison(_by_seed(runs, METRIC), _by_seed(base, METRIC), seed=seed)
+        r = stats.paired_comparison(by_seed(runs, METRIC), by_seed(base, METRIC), seed=seed)
         row.update(delta=r.mean_diff, delta_low=r.low, delta_high=r.high, p=r.p_value, test=r.test)
     return row
 
