@@ -3,6 +3,7 @@ linear probing, and DDP (2 gloo processes) equal to one process with the same gl
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -51,6 +52,10 @@ def test_same_seed_same_result(tmp_path):
     assert metrics(tmp_path / "a")["test_acc"] == metrics(tmp_path / "b")["test_acc"]
     assert (tmp_path / "a" / "metrics.csv").read_text() .split("\n")[1].split(",")[3] == \
         (tmp_path / "b" / "metrics.csv").read_text().split("\n")[1].split(",")[3]
+    # Where an epoch's time goes: training steps and evaluation (with its BatchNorm passes), each timed.
+    rows = list(csv.DictReader((tmp_path / "a" / "metrics.csv").open()))
+    assert len(rows) == 2 and all(float(r["epoch_time_s"]) > 0 and float(r["eval_time_s"]) > 0 for r in rows)
+    assert metrics(tmp_path / "a")["eval_time_s"] == pytest.approx(sum(float(r["eval_time_s"]) for r in rows) / 2)
 
 
 def _start(args: list, out: Path) -> subprocess.Popen:

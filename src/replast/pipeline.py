@@ -195,6 +195,7 @@ def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_
 def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wall: float) -> dict[str, Any]:
     history = trainer.state.history
     epoch_times = [row["epoch_time_s"] for row in history]
+    eval_times = [row["eval_time_s"] for row in history if "eval_time_s" in row]  # absent: resumed from before it
     return {
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_acc": trainer.state.best_val_acc,
@@ -204,6 +205,7 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "steps": trainer.state.step,
         "wall_time_s": wall,
         "epoch_time_s": sum(epoch_times) / max(len(epoch_times), 1),
+        "eval_time_s": sum(eval_times) / len(eval_times) if eval_times else float("nan"),
         "first_step_time_s": trainer.first_step_s,
         "compiled": cfg.train.compile,
         "reinit_time_s": reinit.total_time_s if reinit is not None else 0.0,

@@ -301,11 +301,13 @@ class Trainer:
         state = self.state
         state.epoch += 1
         state.position = 0
+        started = time.perf_counter()
         for hook in self.eval_hooks:
             hook()
-        val = evaluate(self.fabric, self.model, val_loader, self.num_classes)
+        val = evaluate(self.fabric, self.model, val_loader, self.num_classes)  # floats: the device is done
         row = {"epoch": state.epoch, "step": state.step, "lr": current_lr(self.optimizer),
-               **self._epoch_train_metrics, **{f"val_{k}": v for k, v in val.items()}}
+               **self._epoch_train_metrics, "eval_time_s": time.perf_counter() - started,
+               **{f"val_{k}": v for k, v in val.items()}}
         if self.tracker is not None:
             row.update({f"plasticity_{k}": v for k, v in self.tracker(self.model).items()})
         state.history.append(row)
