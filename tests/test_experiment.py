@@ -19,8 +19,8 @@ import yaml
 
 from replast import launchers
 from replast.errors import ConfigError, OutputError
-from replast.experiment import collect, config_hash, expand, load_study, sweep
-from replast.store import merge
+from replast.experiment import collect, config_hash, expand, load_study, progress_line, sweep
+from replast.store import RunRecord, merge
 from replast.study import parse_study, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +207,24 @@ def test_sweep_only_runs_one_part_and_a_later_sweep_the_rest(fake_trainer, study
     assert sorted(statuses(tmp_path / "out").values()) == ["finished"] * 2
     rest = sweep(study_file)
     assert len(rest.skipped) == 2 and len(rest.finished) == 4
+
+
+def test_a_sweep_prints_a_line_as_each_run_ends(fake_trainer, study_file, tmp_path, cli):
+    code, out, _ = cli("sweep", "--config", study_file, "--only", "seed=1")
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert code == 0 and [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert all(" finished (" in line and "test acc " in line for line in lines)
+    assert "left" in lines[0] and lines[-1].endswith("in all")
+
+
+def test_progress_line_known_answers():
+    row = {"hash": "abc", "model": "mobilenetv2_100", "data": "br35h", "reinit.strategy": "redo", "seed": 3,
+           "test_acc": 0.93456}
+    line = progress_line(2, 5, RunRecord({**row, "status": "finished"}), elapsed_s=600)
+    assert line == "[2/5] abc finished (mobilenetv2_100 br35h redo seed 3), test acc 0.9346; 10 min so far, ~15 min left"
+    line = progress_line(5, 5, RunRecord({"hash": "abc", "status": "failed:crash", "seed": 0}), elapsed_s=4000)
+    assert line == "[5/5] abc failed:crash (seed 0); 1 h 07 min in all"
+    assert progress_line(1, 2, RunRecord({"hash": "x", "status": "damaged"}), 30) == "[1/2] x damaged; 0 min so far, ~0 min left"
 
 
 def test_a_sweep_reports_only_its_own_runs_as_not_finished(fake_trainer, study_file, tmp_path):

@@ -170,7 +170,8 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
 
     summary = run_sweep(config, out=out, launcher=launcher, jobs=jobs, force=force, collect_only=collect,
                         slurm={"partition": partition, "time_min": time_min, "gpus_per_node": gpus_per_node,
-                               "cpus_per_task": cpus_per_task, "cluster": cluster}, only=only)
+                               "cpus_per_task": cpus_per_task, "cluster": cluster}, only=only,
+                        on_progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(str(summary))
     return 0 if summary.ok else 1
 

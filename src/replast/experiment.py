@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,15 +123,35 @@ def _plan(out: Path, specs: list[RunSpec], store: Store, summary: SweepSummary) 
     return jobs
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def progress_line(done: int, total: int, record: RunRecord, elapsed_s: float) -> str:
+    """One line per run a sweep has seen end: which, how it ended, and the time left at this sweep's pace."""
+    row = record.row
+    what = [f"{'seed ' * (k == 'seed')}{row[k]}" for k in ("model", "data", "reinit.strategy", "seed")
+            if row.get(k) not in (None, "")]
+    what_text = f" ({' '.join(what)})" if what else ""
+    result = f", test acc {float(row['test_acc']):.4f}" if record.status == runfiles.FINISHED else ""
+    left = elapsed_s / done * (total - done)
+    pace = f"; {_duration(elapsed_s)} so far, ~{_duration(left)} left" if done < total else \
+        f"; {_duration(elapsed_s)} in all"
+    return f"[{done}/{total}] {row['hash']} {record.status}{what_text}{result}{pace}"
+
+
 def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None, launcher: str = "local",
           jobs: int = 1, force: bool = False, collect_only: bool = False,
-          slurm: Mapping[str, Any] | None = None, wait: bool = True, only: str | None = None) -> SweepSummary:
+          slurm: Mapping[str, Any] | None = None, wait: bool = True, only: str | None = None,
+          on_progress: Callable[[str], None] | None = None) -> SweepSummary:
     """Run every unfinished run of a study, then write results.csv and curves.csv.
 
     `jobs`: runs at once (local), or the most array tasks at once (slurm; 1 = no limit).
     `slurm`: partition, time_min, gpus_per_node, cpus_per_task, cluster (slurm | local | debug).
     `wait=False` (slurm only) returns once submitted; `replast sweep --collect` gathers results later.
     `only`: run just the matching part of the study (see `replast.study.select`).
+    `on_progress`: called with a `progress_line` each time one of the launched runs ends.
     """
     study = load_study(study_path)
     specs = select(expand(study), only)
@@ -149,10 +170,17 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
     summary.launched = [j.hash for j in pending]
     store.write()
 
+    started, ended = time.monotonic(), 0
+
     def done(job: launchers.Job, status: str) -> None:
-        if store.refresh(job.hash).status == runfiles.FINISHED:
+        nonlocal ended
+        record = store.refresh(job.hash)
+        if record.status == runfiles.FINISHED:
             summary.finished.append(job.hash)
         store.write()
+        ended += 1
+        if on_progress is not None:
+            on_progress(progress_line(ended, len(pending), record, time.monotonic() - started))
 
     if launcher == "local":
         launchers.run_local(pending, jobs, done)
