@@ -225,6 +225,8 @@ def test_progress_line_known_answers():
     line = progress_line(5, 5, RunRecord({"hash": "abc", "status": "failed:crash", "seed": 0}), elapsed_s=4000)
     assert line == "[5/5] abc failed:crash (seed 0); 1 h 07 min in all"
     assert progress_line(1, 2, RunRecord({"hash": "x", "status": "damaged"}), 30) == "[1/2] x damaged; 0 min so far, ~0 min left"
+    # A line never stops a sweep: a finished run whose final.json lacks the accuracy just leaves it out.
+    assert progress_line(1, 1, RunRecord({"hash": "x", "status": "finished"}), 0) == "[1/1] x finished; 0 min in all"
 
 
 def test_a_sweep_reports_only_its_own_runs_as_not_finished(fake_trainer, study_file, tmp_path):

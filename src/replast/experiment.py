@@ -134,7 +134,8 @@ def progress_line(done: int, total: int, record: RunRecord, elapsed_s: float) ->
     what = [f"{'seed ' * (k == 'seed')}{row[k]}" for k in ("model", "data", "reinit.strategy", "seed")
             if row.get(k) not in (None, "")]
     what_text = f" ({' '.join(what)})" if what else ""
-    result = f", test acc {float(row['test_acc']):.4f}" if record.status == runfiles.FINISHED else ""
+    acc = row.get("test_acc")
+    result = f", test acc {acc:.4f}" if isinstance(acc, (int, float)) and record.status == runfiles.FINISHED else ""
     left = elapsed_s / done * (total - done)
     pace = f"; {_duration(elapsed_s)} so far, ~{_duration(left)} left" if done < total else \
         f"; {_duration(elapsed_s)} in all"
