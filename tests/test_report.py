@@ -291,6 +291,7 @@ def test_overview_across_conditions_known_answers(study_out):
     assert table.loc["linear-probe", "pooled_delta"] == pytest.approx(-0.20)
     assert table.loc["targeted (fraction=0.3)", "pooled_p"] == pytest.approx(1.0)
     assert table.loc["targeted (fraction=0.1)", "pooled_p_holm"] == pytest.approx(3 * 2 / 64)
+    assert not table.loc["targeted (fraction=0.1)", "pooled_significant"]  # Holm p 0.094
     assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 | +5.0 [+5.0, +5.0] (6) | 0.094 |" in md
     assert "| none (test acc) | 82.0% | 82.0% |  |  |  |  |" in md
 

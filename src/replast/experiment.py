@@ -131,8 +131,8 @@ def _duration(seconds: float) -> str:
 def progress_line(done: int, total: int, record: RunRecord, elapsed_s: float) -> str:
     """One line per run a sweep has seen end: which, how it ended, and the time left at this sweep's pace."""
     row = record.row
-    what = [f"{'seed ' * (k == 'seed')}{row[k]}" for k in ("model", "data", "reinit.strategy", "seed")
-            if row.get(k) not in (None, "")]
+    what = [str(row[k]) for k in ("model", "data", "reinit.strategy") if row.get(k) not in (None, "")]
+    what += [f"seed {row['seed']}"] if row.get("seed") not in (None, "") else []
     what_text = f" ({' '.join(what)})" if what else ""
     acc = row.get("test_acc")
     result = f", test acc {acc:.4f}" if isinstance(acc, (int, float)) and record.status == runfiles.FINISHED else ""

@@ -24,7 +24,7 @@ from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 from replast.report.html import to_html
 from replast.report.labels import BASELINE, figure_stems
 from replast.report.markdown import to_markdown
-from replast.report.summary import sentence, significant
+from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
 
 METHODS = (
@@ -107,9 +107,8 @@ def _pooled_cells(r: pd.Series) -> list[str]:
     p, low, high = r["pooled_p_holm"], r["pooled_delta_low"], r["pooled_delta_high"]
     if pd.isna(r["pooled_n"]) or math.isnan(p):
         return ["—", "—"]
-    star = _star(significant(pd.Series({"p_holm": p, "delta_low": low, "delta_high": high})))
-    return [f"{_fmt(r['pooled_delta'], scale=100, sign=True)}{star} [{_fmt(low, scale=100, sign=True)}, "
-            f"{_fmt(high, scale=100, sign=True)}] ({int(r['pooled_n'])})", _p(p)]
+    return [f"{_fmt(r['pooled_delta'], scale=100, sign=True)}{_star(r['pooled_significant'])} "
+            f"[{_fmt(low, scale=100, sign=True)}, {_fmt(high, scale=100, sign=True)}] ({int(r['pooled_n'])})", _p(p)]
 
 
 def _star(flag: object) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from replast import stats
 from replast.report.labels import BASELINE, natural_key
-from replast.report.summary import significant
+from replast.report.summary import significant, significant_values
 from replast.report.tables import METRIC, Condition, by_seed
 
 DELTA = "delta:"  # column prefix: one `delta:<condition>` per condition, in the order of the conditions
@@ -38,9 +38,6 @@ def overview(conds: list[Condition]) -> pd.DataFrame:
     return table.join(pooled(conds), on="arm") if rows else table
 
 
-POOLED = ["pooled_n", "pooled_delta", "pooled_delta_low", "pooled_delta_high", "pooled_p", "pooled_p_holm"]
-
-
 def pooled(conds: list[Condition], seed: int = 0) -> pd.DataFrame:
     """Per arm (index): the seed-paired differences to the baseline of all conditions, compared as one."""
     arm_values: dict[str, dict] = {}
@@ -53,8 +50,11 @@ def pooled(conds: list[Condition], seed: int = 0) -> pd.DataFrame:
     for arm, values in arm_values.items():
         r = stats.paired_comparison(values, base_values, seed=seed)
         rows[arm] = [r.n, r.mean_diff, r.low, r.high, r.p_value]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=POOLED[:-1])
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["pooled_n", "pooled_delta", "pooled_delta_low",
+                                                                  "pooled_delta_high", "pooled_p"])
     table["pooled_p_holm"] = stats.holm(table["pooled_p"].tolist())
+    table["pooled_significant"] = [significant_values(*v) for v in zip(
+        table["pooled_p_holm"], table["pooled_delta_low"], table["pooled_delta_high"], strict=True)]
     return table
 
 

@@ -15,8 +15,12 @@ ALPHA = 0.05
 
 
 def significant(row: pd.Series) -> bool:
-    p, low, high = row["p_holm"], row["delta_low"], row["delta_high"]
-    return bool(p < ALPHA and not (low <= 0 <= high)) if not math.isnan(p) else False
+    return significant_values(row["p_holm"], row["delta_low"], row["delta_high"])
+
+
+def significant_values(p_holm: float, low: float, high: float) -> bool:
+    """Holm-corrected p < ALPHA and the CI of Δ excludes 0; never when p is missing."""
+    return bool(p_holm < ALPHA and not (low <= 0 <= high)) if not math.isnan(p_holm) else False
 
 
 def _p(value: float) -> str:
