@@ -313,6 +313,15 @@ def sweep_cli(text: str) -> Callable[[Workspace], list]:
     return lambda ws: ["sweep", "--config", study(ws, text), "--out", ws.out]
 
 
+def in_out(make_argv: Callable[[Workspace], list]) -> Callable[[Workspace], list]:
+    """Run from `out`, so that a command writing into the current directory shows up as created files."""
+    def make(ws: Workspace) -> list:
+        argv = make_argv(ws)
+        ws.monkeypatch.chdir(ws.out)
+        return argv
+    return make
+
+
 FOUR_BAD = {f"c{c}/bad{i}.jpg": not_an_image for c in (0, 1) for i in (0, 1)}
 
 CLI_ROWS = [
@@ -391,6 +400,14 @@ CLI_ROWS = [
             lambda ws: reinit_cli("--out", ws.file("out/r.safetensors", KEEP)), "r.safetensors", "--overwrite"),
     cli_row("diagnose with an unknown model", lambda ws: ["diagnose", "--model", "mobilenet_v9", "--out", ws.out],
             "unknown model 'mobilenet_v9'"),
+    cli_row("momentum negative", lambda ws: finetune(ws, "--train.momentum", "-1"), "train.momentum=-1"),
+    cli_row("momentum 0 with Nesterov SGD (the default)", lambda ws: finetune(ws, "--train.momentum", "0"),
+            "train.momentum=0", "--train.nesterov false"),
+    cli_row("eval_batch_size 0", lambda ws: finetune(ws, "--train.eval_batch_size", "0"),
+            "train.eval_batch_size=0"),
+    cli_row("eval_batch_size negative", lambda ws: finetune(ws, "--train.eval_batch_size", "-5"),
+            "train.eval_batch_size=-5"),
+    cli_row("finetune --out empty", in_out(lambda ws: ["finetune", *TINY, "--out", ""]), "out is empty"),
 ]
 
 def folder_call(extra: dict[str, Callable] | None = None, classes: int = 2, **options: Any) -> Callable:

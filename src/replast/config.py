@@ -224,6 +224,8 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
         errors.append(f"max_samples={cfg.max_samples}: need at least 6 samples to split")
     if cfg.devices < 1 or cfg.num_nodes < 1:
         errors.append("devices and num_nodes must be at least 1")
+    if not cfg.out.strip():
+        errors.append("out is empty: name the run directory (--out DIR)")
     _range(errors, "train_fraction", cfg.train_fraction, 1e-6, 1.0)
     _range(errors, "max_bad_fraction", cfg.max_bad_fraction, 0.0, 1.0)
     if not (0 < cfg.val_fraction and 0 < cfg.test_fraction and cfg.val_fraction + cfg.test_fraction < 1):
@@ -233,6 +235,13 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
         errors.append(f"train.lr={t.lr}: must be > 0")
     if t.weight_decay is not None and t.weight_decay < 0:
         errors.append(f"train.weight_decay={t.weight_decay}: must be >= 0")
+    _range(errors, "train.momentum", t.momentum, 0.0, 1.0)
+    if t.momentum == 0 and t.nesterov and t.optimizer != "adamw":
+        errors.append("train.momentum=0 with train.nesterov=true: Nesterov SGD needs momentum > 0; "
+                      "pass --train.nesterov false for plain SGD")
+    if t.eval_batch_size is not None and t.eval_batch_size < 1:
+        errors.append(f"train.eval_batch_size={t.eval_batch_size}: must be at least 1 "
+                      "(or null for 2 x batch_size)")
     _range(errors, "train.label_smoothing", t.label_smoothing, 0.0, 0.99)
     _range(errors, "train.layer_decay", t.layer_decay, 1e-6, 1.0)
     _range(errors, "train.drop_path", t.drop_path, 0.0, 0.99)
