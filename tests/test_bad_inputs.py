@@ -407,6 +407,8 @@ CLI_ROWS = [
             "train.eval_batch_size=0"),
     cli_row("eval_batch_size negative", lambda ws: finetune(ws, "--train.eval_batch_size", "-5"),
             "train.eval_batch_size=-5"),
+    cli_row("training split smaller than one batch", lambda ws: finetune(ws, "--train_fraction", "0.01"),
+            "training split has 2 images", "fewer than one batch of 16", "--batch_size"),
     cli_row("finetune --out empty", in_out(lambda ws: ["finetune", *TINY, "--out", ""]), "out is empty"),
 ]
 

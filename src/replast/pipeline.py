@@ -23,6 +23,7 @@ from replast import environment, precise_bn, runfiles, schedule
 from replast.checkpoint import write_json
 from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
+from replast.errors import ConfigError
 from replast.loading import first_batches, load_model_and_data
 from replast.models import classifier_name, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
@@ -109,9 +110,12 @@ def _start_run_files(cfg: FinetuneConfig, run_dir: Path, data, extra: dict[str, 
 def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
     eval_bs = cfg.train.eval_batch_size or 2 * cfg.batch_size
     ranks = {"rank": fabric.global_rank, "world_size": fabric.world_size}
+    train = data.loader("train", cfg.batch_size, train=True, augment=cfg.train.augment, seed=cfg.seed, **ranks)
+    if len(train) == 0:  # training drops the last incomplete batch: not one step would run
+        raise ConfigError(f"the training split has {len(train.indices)} images, fewer than one batch of "
+                          f"{train.global_batch_size}; lower --batch_size or raise --train_fraction / --max_samples")
     return {
-        "train": data.loader("train", cfg.batch_size, train=True, augment=cfg.train.augment, seed=cfg.seed,
-                             **ranks),
+        "train": train,
         "val": data.loader("val", eval_bs, train=False, seed=cfg.seed, **ranks),
         "test": data.loader("test", eval_bs, train=False, seed=cfg.seed, **ranks),
     }
