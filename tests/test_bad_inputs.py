@@ -409,6 +409,9 @@ CLI_ROWS = [
             "train.eval_batch_size=-5"),
     cli_row("training split smaller than one batch", lambda ws: finetune(ws, "--train_fraction", "0.01"),
             "training split has 2 images", "fewer than one batch of 16", "--batch_size"),
+    *([] if torch.backends.mps.is_available() else [
+        cli_row("--accelerator mps without MPS", lambda ws: finetune(ws, "--accelerator", "mps"),
+                "--accelerator mps", "not available")]),
     cli_row("finetune --out empty", in_out(lambda ws: ["finetune", *TINY, "--out", ""]), "out is empty"),
 ]
 

@@ -48,6 +48,9 @@ def setup_fabric(cfg: FinetuneConfig) -> Fabric:
                           f"({torch.cuda.device_count()} visible); lower --devices or use --accelerator cpu")
     if accelerator == "auto" and torch.cuda.is_available() and cfg.devices > torch.cuda.device_count():
         raise ConfigError(f"--devices {cfg.devices} asks for more GPUs than exist ({torch.cuda.device_count()})")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--accelerator mps: Apple's MPS backend is not available on this machine; "
+                          "use --accelerator auto or cpu")
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
     else:
