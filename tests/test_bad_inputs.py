@@ -322,6 +322,12 @@ def in_out(make_argv: Callable[[Workspace], list]) -> Callable[[Workspace], list
     return make
 
 
+def results_folder(ws: Workspace, text: str = "hash,status\nabc,finished\n") -> Path:
+    """A folder holding only results.csv, as `replast merge` writes one."""
+    return ws.file("results/results.csv", text.encode()).parent
+
+
+TINY_STUDY = "name: s\nbase: {model: mobilenetv2_050, weights: none, data: synthetic}\ngrid: {seed: [0]}\n"
 FOUR_BAD = {f"c{c}/bad{i}.jpg": not_an_image for c in (0, 1) for i in (0, 1)}
 
 CLI_ROWS = [
@@ -413,6 +419,24 @@ CLI_ROWS = [
         cli_row("--accelerator mps without MPS", lambda ws: finetune(ws, "--accelerator", "mps"),
                 "--accelerator mps", "not available")]),
     cli_row("finetune --out empty", in_out(lambda ws: ["finetune", *TINY, "--out", ""]), "out is empty"),
+    cli_row("diagnose --out empty", in_out(lambda ws: ["diagnose", *TINY[:8], "--batches", "1", "--out", ""]),
+            "--out is empty"),
+    cli_row("diagnose --out an existing regular file",
+            lambda ws: ["diagnose", *TINY[:8], "--batches", "1", "--out", ws.out / "keep.txt"], "keep.txt",
+            "is a file"),
+    cli_row("sweep --jobs 0", lambda ws: [*sweep_cli(TINY_STUDY)(ws), "--jobs", "0"], "jobs=0"),
+    cli_row("sweep --out a regular file",
+            lambda ws: ["sweep", "--config", study(ws, TINY_STUDY), "--out", ws.out / "keep.txt"], "keep.txt",
+            "is a file"),
+    cli_row("sweep --out below a regular file",
+            lambda ws: ["sweep", "--config", study(ws, TINY_STUDY), "--out", ws.out / "keep.txt" / "s"],
+            "keep.txt", "not writable"),
+    cli_row("demo --jobs 0", lambda ws: ["demo", "--jobs", "0", "--out", ws.out / "demo"], "jobs=0"),
+    cli_row("merge INTO a regular file", lambda ws: ["merge", results_folder(ws), ws.out / "keep.txt"],
+            "INTO", "keep.txt", "is a file"),
+    cli_row("merge INTO below a regular file",
+            lambda ws: ["merge", results_folder(ws), ws.out / "keep.txt" / "docs"], "keep.txt", "not writable"),
+    cli_row("merge INTO empty", in_out(lambda ws: ["merge", results_folder(ws), ""]), "INTO is empty"),
 ]
 
 def folder_call(extra: dict[str, Callable] | None = None, classes: int = 2, **options: Any) -> Callable:

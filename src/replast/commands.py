@@ -112,7 +112,7 @@ def diagnose(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "ru
     from replast.diagnose_cmd import run_diagnose
     from replast.runfiles import check_creatable
 
-    check_creatable(out)
+    check_creatable(out, directory=True)
     return run_diagnose(model=model, data=data, out=out, weights=weights, batches=batches, batch_size=batch_size,
                         image_size=image_size, max_samples=max_samples, compare=compare, seed=seed, console=console)
 

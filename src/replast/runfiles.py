@@ -59,11 +59,27 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, overwrite: bool, resume: bool
     return path
 
 
-def check_creatable(path: str | os.PathLike) -> None:
-    """Fail before any work when `path` can never be written: it lies below a regular file."""
-    existing = next(p for p in Path(path).absolute().parents if p.exists())
+def check_creatable(path: str | os.PathLike, *, directory: bool = False, option: str = "--out") -> None:
+    """Fail before any work when `path` can never be written: it is empty, lies below a regular file, or
+    (`directory`) is a regular file itself. `option` names the argument in the message."""
+    if not str(path).strip():
+        raise OutputError(f"{option} is empty; name the output location")
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file; choose a directory")
+    existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
-        raise OutputError(f"--out {path} is not writable ({existing} is a file); choose another location")
+        raise OutputError(f"{option} {path} is not writable ({existing} is a file); choose another location")
+
+
+def make_directory(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Create the output directory `path` (and its parents); one OutputError naming it when that fails."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{option} {path} is not writable ({e.strerror}); choose another directory") from e
+    return path
 
 
 def clear_previous(run_dir: str | os.PathLike) -> None:

@@ -225,6 +225,7 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
     finished in INTO is kept, so merging twice changes nothing. INTO must not hold run directories: a sweep
     there rebuilds its CSVs from them and would drop the merged rows.
     """
+    runfiles.check_creatable(into, directory=True, option="INTO")
     source, into = Path(source), Path(into)
     if (into / "runs").is_dir():
         raise OutputError(f"{into} holds run directories, whose sweep rewrites results.csv from them; "
@@ -253,7 +254,7 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
     target_curves.rows = [r for r in target_curves.rows if r["hash"] not in taken]
     target_curves.rows += [r for r in curves.rows if r["hash"] in taken]
     target_curves.add_columns(curves.columns)
-    into.mkdir(parents=True, exist_ok=True)
+    runfiles.make_directory(into, option="INTO")
     write_text(into / "curves.csv", target_curves.text())
     write_text(into / "results.csv", target.text())
     return summary
