@@ -49,3 +49,21 @@ def test_bench_refuses_data_it_cannot_compare_on(cli, data, message, tmp_path):
     code, _, err = cli("bench", "--data", data, "--out", out)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--steps", "0", "steps=0"),
+    ("--batch_size", "0", "batch_size=0"),
+    ("--out", "{tmp}", "is a directory"),
+    ("--out", "{tmp}/file.txt/bench.json", "not writable"),
+])
+def test_bench_refuses_bad_numbers_and_outputs_before_measuring(cli, image_folder, tmp_path, option, value,
+                                                                  message):
+    (tmp_path / "file.txt").write_text("keep")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args = {"--steps": "2", "--batch_size": "4", "--out": str(tmp_path / "bench.json"),
+            option: value.format(tmp=tmp_path)}
+    code, stdout, err = cli("bench", "--models", "[mobilenetv2_050]", "--sizes", "[32]", "--weights", "none",
+                            "--data", f"imagefolder:{image_folder}", *(x for kv in args.items() for x in kv))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not stdout
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and (tmp_path / "file.txt").read_text() == "keep"

@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
 
+from replast.checkpoint import write_text
 from replast.data import load_dataset
 from replast.data.imagefolder import ImageFolderSource
 from replast.data.registry import resolve_source
-from replast.errors import ConfigError
+from replast.errors import ConfigError, OutputError
 from replast.models import load_model
+from replast.runfiles import check_creatable
 from replast.train import resolve_precision
 
 WARMUP_STEPS = 3
@@ -143,17 +145,21 @@ def run_throughput(models: list[str] | None = None, sizes: list[int] | None = No
     models = models or ["mobilenetv2_100", "efficientnet_lite0"]
     sizes = sizes or ([128, 224] if accelerator == "cuda" else [128])
     workers = min(8, os.cpu_count() or 1)
+    if steps < 1 or batch_size < 1:
+        raise ConfigError(f"steps={steps} and batch_size={batch_size}: both must be at least 1")
+    device = _device_name(fabric.device)
+    path = Path(out or f"benchmarks/results/throughput_{'cpu' if accelerator == 'cpu' else device}.json")
+    check_creatable(path)  # a path that can never be written fails now, not after minutes of measuring
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a directory; name a .json file")
     image_folder(data)  # refuse a dataset without image files before loading anything
     rows = [measure(m, s, batch_size, steps, fabric, workers, data, weights) for m in models for s in sizes]
-    device = _device_name(fabric.device)
     record = {"device": device, "torch": torch.__version__, "intra_op_threads": torch.get_num_threads(), "precision": fabric._precision.precision
               if hasattr(fabric._precision, "precision") else resolve_precision("auto", accelerator),
               "python": platform.python_version(), "data": data, "weights": weights, "results": rows,
               "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"
                          f" --data {data} --weights {weights}"}
-    path = Path(out or f"benchmarks/results/throughput_{'cpu' if accelerator == 'cpu' else device}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(path, json.dumps(record, indent=2) + "\n")
     if console is not None:
         for r in rows:
             console.print(f"{r['model']} {r['image_size']}px: replast {r['replast']['images_per_s']:.1f} img/s, "
