@@ -437,6 +437,14 @@ CLI_ROWS = [
     cli_row("merge INTO below a regular file",
             lambda ws: ["merge", results_folder(ws), ws.out / "keep.txt" / "docs"], "keep.txt", "not writable"),
     cli_row("merge INTO empty", in_out(lambda ws: ["merge", results_folder(ws), ""]), "INTO is empty"),
+    cli_row("report on a results.csv without a status column",
+            lambda ws: ["report", results_folder(ws, "hash,acc\na,1\n")], "results.csv", "no status column"),
+    cli_row("report on a results.csv of finished runs without a seed column",
+            lambda ws: ["report", results_folder(ws, "hash,status,test_acc\na,finished,0.5\n")], "results.csv",
+            "no seed column"),
+    cli_row("report on a malformed results.csv (an unclosed quote)",
+            lambda ws: ["report", results_folder(ws, 'hash,status\n"a,finished\n')], "results.csv",
+            "not a readable CSV table"),
 ]
 
 def folder_call(extra: dict[str, Callable] | None = None, classes: int = 2, **options: Any) -> Callable:

@@ -212,6 +212,25 @@ def test_report_from_results_csv_alone_and_with_nothing_finished(study_out, tmp_
     assert "No finished runs yet" in text and "failed:nonfinite" in text
 
 
+def test_report_from_merged_csvs_of_a_study_with_no_runs_or_without_curves(study_out, tmp_path, cli):
+    from replast.experiment import collect
+    from replast.store import merge
+
+    not_started = tmp_path / "not-started"
+    (not_started / "runs").mkdir(parents=True)
+    merge(not_started, tmp_path / "merged")  # writes header-less results.csv and curves.csv ("\n")
+    code, _, err = cli("report", tmp_path / "merged")
+    assert code == 0, err
+    assert "No finished runs yet" in (tmp_path / "merged" / "report.md").read_text()
+    collect(study_out)
+    no_curves = tmp_path / "no-curves"
+    no_curves.mkdir()
+    shutil.copy(study_out / "results.csv", no_curves / "results.csv")
+    code, _, err = cli("report", no_curves)
+    assert code == 0, err
+    assert "targeted (fraction=0.1) is higher" in (no_curves / "report.md").read_text()
+
+
 CHECK_SCRIPT = """<img id="canary" src="data:image/png;base64,AAAA"><script>
 console.error("canary-console");
 window.addEventListener("load", () => {

@@ -43,11 +43,32 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     if (out / "runs").is_dir():
         return collect(out, write=False)
     if (out / "results.csv").exists():
-        results = pd.read_csv(out / "results.csv", dtype={"environment.commit": str})
-        curves = pd.read_csv(out / "curves.csv") if (out / "curves.csv").stat().st_size > 1 else pd.DataFrame()
-        failures = results[results["status"] != "finished"].to_dict("records")
-        return results, curves, failures
+        results = _read_table(out / "results.csv", ("hash", "status"), dtype={"environment.commit": str})
+        curves = _read_table(out / "curves.csv", ("hash",))
+        if not len(results.columns):
+            return results, curves, []
+        if (results["status"] == "finished").any() and "seed" not in results:  # runs are paired by seed
+            raise OutputError(f"{out / 'results.csv'} has no seed column; is it a replast results file?")
+        return results, curves, results[results["status"] != "finished"].to_dict("records")
     raise OutputError(f"{out} holds neither runs/ nor results.csv; run `replast sweep` first or check the path")
+
+
+def _read_table(path: Path, needed: tuple[str, ...], **options) -> pd.DataFrame:
+    """results.csv or curves.csv of an OUT without runs/. A missing file or one without columns (what a
+    merge of a study with no runs yet writes) is an empty table, as `replast merge` reads it."""
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        table = pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise OutputError(f"{path} is not a readable CSV table ({' '.join(str(e).split())[:120]}); "
+                          "is it a replast results file?") from e
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise OutputError(f"{path} has no {', '.join(missing)} column; is it a replast results file?")
+    return table
 
 
 def _fmt(value: float, digits: int = 1, scale: float = 1.0, sign: bool = False) -> str:
