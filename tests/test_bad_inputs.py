@@ -415,6 +415,9 @@ CLI_ROWS = [
             "train.eval_batch_size=-5"),
     cli_row("training split smaller than one batch", lambda ws: finetune(ws, "--train_fraction", "0.01"),
             "training split has 2 images", "fewer than one batch of 16", "--batch_size"),
+    cli_row("include patterns that match no module",
+            lambda ws: finetune(ws, "--reinit.strategy", "targeted", "--reinit.include", "[nothing]"),
+            "include patterns ['nothing'] match no module"),
     *([] if torch.backends.mps.is_available() else [
         cli_row("--accelerator mps without MPS", lambda ws: finetune(ws, "--accelerator", "mps"),
                 "--accelerator mps", "not available")]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -189,18 +190,21 @@ def test_head_alias_for_timm_and_torchvision_models() -> None:
 def test_bad_options_fail_before_touching_the_model(kwargs: dict, error: type) -> None:
     model = tiny()
     before = snapshot(model)
-    with pytest.warns(UserWarning) if "include" in kwargs else _no_warning():
-        with pytest.raises(error):
-            restore_plasticity(model, batches(), **kwargs)
+    with pytest.raises(error):
+        restore_plasticity(model, batches(), **kwargs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-class _no_warning:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def test_include_patterns_that_all_miss_are_one_error_without_a_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ConfigError) as info:
+        warnings.simplefilter("always")
+        restore_plasticity(tiny(), batches(), include=("nothing", "nor.*"))
+    assert "include patterns ['nothing', 'nor.*'] match no module" in str(info.value)
+    assert not [w for w in caught if "matches no module" in str(w.message)]
+    with pytest.warns(UserWarning, match="include pattern 'nothing' matches no module"):  # one of two misses
+        report = restore_plasticity(tiny(), batches(), utility="magnitude", fraction=1.0,
+                                    include=("nothing", "[03]"))
+    assert set(report.masks) == {"0.weight", "3.weight"}
 
 
 def test_unknown_name_lists_valid_and_closest() -> None:

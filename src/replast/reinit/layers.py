@@ -49,9 +49,10 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 def resolve_patterns(model: nn.Module, patterns: Sequence[str], what: str) -> list[str]:
-    """Replace the 'head' alias by the head's name; warn for patterns that match no module."""
+    """Replace the 'head' alias by the head's name; warn for patterns that match no module, and raise when
+    no include pattern matches any (no layer could be eligible then)."""
     names = [n for n, _ in model.named_modules() if n]
-    out = []
+    out, unmatched = [], []
     for pattern in patterns:
         if pattern == HEAD_ALIAS and HEAD_ALIAS not in names:
             head = head_name(model)
@@ -60,8 +61,13 @@ def resolve_patterns(model: nn.Module, patterns: Sequence[str], what: str) -> li
                 continue
             pattern = head
         if not any(_matches(n, [pattern]) for n in names):
-            warnings.warn(f"{what} pattern {pattern!r} matches no module of the model", stacklevel=4)
+            unmatched.append(pattern)
         out.append(pattern)
+    if what == "include" and out and len(unmatched) == len(out):
+        raise ConfigError(f"include patterns {unmatched} match no module of the model; use module names "
+                          "from model.named_modules() (fnmatch patterns, e.g. 'blocks.5*')")
+    for pattern in unmatched:
+        warnings.warn(f"{what} pattern {pattern!r} matches no module of the model", stacklevel=4)
     return out
 
 
