@@ -110,6 +110,22 @@ def test_invalid_values_and_sweep_owned_keys_are_reported_together():
         expand(parse_study({"name": "s", "base": {"out": "x"}, "grid": {"seed": [0]}}))
 
 
+def test_values_are_read_and_type_checked_as_on_the_command_line(tmp_path):
+    # PyYAML reads 1e-4 as text; the command line's reader (jsonargparse) reads a number, and so do studies
+    (tmp_path / "lr.yaml").write_text("name: s\ngrid: {train.lr: [1e-4, 3e-4]}\n")
+    specs = expand(load_study(tmp_path / "lr.yaml"))
+    assert [s.config["train"]["lr"] for s in specs] == [1e-4, 3e-4]
+    assert select(specs, "train.lr=3e-4") == specs[1:]
+    study = parse_study({"name": "s", "base": {"epochs": 2.5}, "grid": {
+        "train.mode": ["linearprobe"], "reinit.exclude": [["head", 3]], "image_size": [None, "big"]}})
+    with pytest.raises(ConfigError) as info:
+        expand(study)
+    reported = str(info.value)
+    for key, got in [("epochs", "2.5"), ("train.mode", "linearprobe"), ("reinit.exclude", "3"), ("image_size", "big")]:
+        assert f'Parser key "{key}"' in reported and f"Given value: {got}" in reported.replace("Got value:", "Given value:")
+    assert reported.count("image_size") == 1  # null is a valid image_size, "big" is not
+
+
 @pytest.mark.parametrize("content, match", [
     ({"name": "s"}, "has no runs"),
     ({"name": "s", "grid": {}}, "has no runs"),

@@ -21,6 +21,7 @@ lives in `OUT/runs/<hash>/`. Running a study: `replast.experiment.sweep`; its re
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentError, ArgumentParser, get_loader
 
 from replast.config import FinetuneConfig, validation_errors
 from replast.errors import ConfigError
@@ -41,6 +43,8 @@ STUDY_KEYS = ("name", "description", "out", "base", "grid", "runs", "include")
 # Set per run by the sweep, so they never take part in a run's identity.
 OPERATIONAL = ("out", "overwrite", "resume")
 SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"  # packaged, so installs without the repo work
+# The command line's YAML reader: it reads 1e-4 as a number, where PyYAML's YAML 1.1 rules read text.
+read_yaml = get_loader("yaml")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,27 @@ def _key_error(key: str, where: str, keys: Mapping[str, Any]) -> str | None:
     return f"{where}: unknown key {key!r}{hint}"
 
 
+@functools.cache
+def _config_parser() -> ArgumentParser:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FinetuneConfig, nested_key=None)
+    return parser
+
+
+def _type_error(key: str, value: Any, where: str) -> str | None:
+    """The command line's type check of one study value (a study's values do not pass through its parser)."""
+    return _checked_type(key, json.dumps(value, default=str), where)
+
+
+@functools.cache
+def _checked_type(key: str, value_json: str, where: str) -> str | None:
+    try:
+        _config_parser().parse_object(unflatten({key: json.loads(value_json)}))
+    except ArgumentError as e:
+        return f"{where}: {' '.join(str(e).split())}"
+    return None
+
+
 # ---- loading and expansion -----------------------------------------------------------------------
 def resolve_study_path(path: str | os.PathLike) -> Path:
     """A study file, or the name of a shipped study (smoke, demo, paper)."""
@@ -123,7 +148,7 @@ def load_study(path: str | os.PathLike) -> Study:
     """Parse a study file; structural problems are all reported in one ConfigError."""
     file = resolve_study_path(path)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = read_yaml(file.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{file} is not valid YAML ({' '.join(str(e).split())}); fix the syntax") from e
     return parse_study(raw, str(file))
@@ -177,6 +202,8 @@ def _choices(key: str, value: Any, where: str, keys: Mapping[str, Any], errors: 
         errors.append(problem)
     elif isinstance(keys[key], list) and not all(isinstance(v, list) for v in values):
         errors.append(f"{where}.{key}: each choice must be a list, e.g. {key}: [[head], [head, stem]]")
+    else:
+        errors += [e for v in values if (e := _type_error(key, v, where))]
     return [{key: v} for v in values]
 
 
@@ -196,7 +223,7 @@ def expand(study: Study) -> list[RunSpec]:
     """Every distinct run of a study; one ConfigError lists all unknown keys and invalid values."""
     keys, errors = config_keys(), []
     base = flatten(study.base)
-    errors += [e for k in base if (e := _key_error(k, "base", keys))]
+    errors += [e for k, v in base.items() if (e := _key_error(k, "base", keys) or _type_error(k, v, "base"))]
     points = _expand(flatten(study.grid), "grid", keys, errors) if study.grid else []
     for i, entry in enumerate(study.runs):
         points += _expand(flatten(entry), f"runs[{i}]", keys, errors)
@@ -253,7 +280,7 @@ def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
         elif error := _key_error(key, "--only", keys):
             errors.append(error)
         else:
-            wanted[key] = [yaml.safe_load(v) for v in values.split(",")]
+            wanted[key] = [read_yaml(v) for v in values.split(",")]
     if errors:
         raise ConfigError("; ".join(errors))
     chosen = [s for s in specs if all(flatten(s.config).get(k) in vs for k, vs in wanted.items())]
