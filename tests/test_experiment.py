@@ -428,6 +428,22 @@ def test_merge_bad_input(fake_trainer, study_file, tmp_path, cli):
     assert merge(out, tmp_path / "docs").added == [] and (tmp_path / "docs" / "results.csv").read_text() == "\n"
 
 
+def test_merge_records_the_study_and_refuses_another_studys_runs(fake_trainer, study_file, tmp_path):
+    sweep(study_file, only="seed=0")
+    into = tmp_path / "docs"
+    merge(tmp_path / "out", into)
+    assert json.loads((into / "study.json").read_text())["name"] == "tiny"
+    other = write_study(tmp_path / "other.yaml", name="other", out=str(tmp_path / "other"),
+                        base={"model": "resnet10t", "weights": "none", "data": "synthetic", "epochs": 3},
+                        grid={"seed": [5]})
+    sweep(other)
+    before = {f: (into / f).read_text() for f in ("results.csv", "curves.csv", "study.json")}
+    with pytest.raises(OutputError, match=r"holds study 'other' but .* holds study 'tiny'; merge parts of one"):
+        merge(tmp_path / "other", into)
+    assert {f: (into / f).read_text() for f in before} == before
+    merge(tmp_path / "out", into)  # the same study again: fine
+
+
 def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, tmp_path, monkeypatch):
     monkeypatch.setattr(launchers, "visible_gpus", lambda: ["0", "1"])
     sweep(study_file, jobs=2)

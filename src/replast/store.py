@@ -230,6 +230,10 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
     if (into / "runs").is_dir():
         raise OutputError(f"{into} holds run directories, whose sweep rewrites results.csv from them; "
                           "merge into a directory without runs/ (e.g. docs/results/NAME)")
+    study, held = study_name(source), study_name(into)
+    if study and held and study != held:
+        raise OutputError(f"{source} holds study {study!r} but {into} holds study {held!r}; merge parts of "
+                          "one study into one directory")
     results, curves = _tables(source)
     if (into / "results.csv").is_file():
         target, target_curves = _tables(into)
@@ -257,4 +261,14 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
     runfiles.make_directory(into, option="INTO")
     write_text(into / "curves.csv", target_curves.text())
     write_text(into / "results.csv", target.text())
+    if study and not held:  # INTO now holds this study's runs: a later merge of another study is refused
+        write_text(into / "study.json", (source / "study.json").read_text())
     return summary
+
+
+def study_name(out: Path) -> str | None:
+    """The study an OUT (a sweep's, or a merge's INTO) holds, from its study.json; None when unknown."""
+    try:
+        return str(json.loads((Path(out) / "study.json").read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

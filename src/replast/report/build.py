@@ -8,7 +8,6 @@ finished runs) and OUT/report/runs.csv (per run, with arm, condition, epochs_to_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from replast.report.labels import BASELINE, figure_stems
 from replast.report.markdown import to_markdown
 from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
+from replast.store import study_name
 
 METHODS = (
     "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% percentile-bootstrap CI. "
@@ -182,16 +182,9 @@ def _failures(failures: list[dict]) -> list[Block]:
                      Table(keys, rows)]
 
 
-def _study_name(out: Path) -> str:
-    try:
-        return str(json.loads((out / "study.json").read_text())["name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return out.name
-
-
 def document(out: Path, results: pd.DataFrame, curves: pd.DataFrame, failures: list[dict],
              conds: list[Condition], across: pd.DataFrame, environments: pd.DataFrame) -> list[Block]:
-    name = _study_name(out)
+    name = study_name(out) or out.name
     finished = int((results.get("status", pd.Series(dtype=str)) == "finished").sum())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [
@@ -227,7 +220,7 @@ def render(out_dir: str | os.PathLike) -> list[Path]:
             stale.unlink()
     _write_tables(out, conds, across, environments)
     md = write_text(out / "report.md", to_markdown(blocks))
-    html = write_text(out / "report.html", to_html(blocks, f"replast report: {_study_name(out)}"))
+    html = write_text(out / "report.html", to_html(blocks, f"replast report: {study_name(out) or out.name}"))
     return [md, html]
 
 
