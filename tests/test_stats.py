@@ -42,6 +42,13 @@ def test_mean_ci_is_seeded_and_narrows_with_level():
         mean_ci(x, level=1.5)
 
 
+@pytest.mark.parametrize("level", [0.0, 1.0, -0.1, 1.5])
+def test_mean_ci_level_is_strictly_between_0_and_1(level):
+    # level 1 would silently give [min, max] of the bootstrap means, level 0 a zero-width interval
+    with pytest.raises(ValueError, match="level"):
+        mean_ci([0.0, 1.0], level=level)
+
+
 def test_paired_constant_difference_of_one():
     r = paired_comparison([2.0, 3.0, 5.0, 9.0], [1.0, 2.0, 4.0, 8.0])
     assert (r.mean_diff, r.low, r.high, r.n) == (1.0, 1.0, 1.0, 4)
@@ -66,6 +73,14 @@ def test_wilcoxon_ties_differences_that_are_equal_but_for_rounding():
     a, b = [0.81, 0.81, 0.84] * 2, [0.80, 0.82, 0.84] * 2
     assert abs(a[0] - b[0]) != abs(a[1] - b[1])
     assert paired_comparison(a, b).p_value == pytest.approx(1.0)
+
+
+def test_paired_drops_a_pair_when_either_value_is_missing():
+    # pairs (1, 0.5) and (3, 2.75) remain: differences 0.5, 0.25, mean 0.375, sd 0.25 / sqrt 2, so
+    # t = 0.375 / (0.25 / sqrt 2 / sqrt 2) = 3 with 1 dof (Cauchy): two-sided p = 1 - 2 atan(3) / pi
+    r = paired_comparison([1.0, 2.0, float("nan"), 3.0], [0.5, float("nan"), 7.0, 2.75])
+    assert (r.n, r.mean_diff, r.test) == (2, 0.375, "paired t")
+    assert r.p_value == pytest.approx(1 - 2 * math.atan(3) / math.pi, abs=1e-9)
 
 
 def test_paired_by_seed_mapping_and_degenerate_cases():
@@ -120,3 +135,15 @@ def test_baseline_targets_per_group():
     assert out.loc[2].tolist() == [1.0, 1.0] and out.loc[0].tolist() == [2.0, 2.0]
     assert out.loc[1].tolist() == [2.0, 2.0]  # 0.6 < 0.665, then 0.8
     assert out.loc[3].isna().all()  # group e has no baseline
+
+
+def test_baseline_targets_each_fraction_of_the_baseline_final():
+    # baseline final 0.8: 95% of it is 0.76, 100% is 0.8, 50% is 0.4; run r reaches them at epochs 1, 3, 1
+    results = pd.DataFrame({"hash": ["b", "r"], "arm": ["none", "targeted"]})
+    curves = pd.DataFrame({"hash": ["b"] * 3 + ["r"] * 3, "epoch": [1, 2, 3] * 2,
+                           "val_acc": [0.5, 0.6, 0.8, 0.77, 0.79, 0.8]})
+    out = baseline_targets(results, curves, [], results["arm"] == "none")
+    assert list(out.columns) == ["epochs_to_95", "epochs_to_100"]
+    assert out.loc[1].tolist() == [1.0, 3.0] and out.loc[0].tolist() == [3.0, 3.0]
+    half = baseline_targets(results, curves, [], results["arm"] == "none", fractions=(0.5,))
+    assert list(half.columns) == ["epochs_to_50"] and half["epochs_to_50"].tolist() == [1.0, 1.0]
