@@ -1,5 +1,6 @@
 """Unit-level resets: pairing by tracing, function preservation with zero_outgoing (CNN units, ViT MLP
-units and attention heads), BatchNorm and depthwise ties, and fallback to weight level."""
+units and attention heads, grouped consumers), BatchNorm and depthwise ties, fallback to weight level, and
+known answers for the row / channel / unit helpers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from torch import nn
 from replast.reinit import restore_plasticity
 from replast.reinit.pairing import pair_layers
 from replast.reinit.trace import trace
+from replast.reinit.units import (
+    group_by_unit,
+    input_channel_abs_sum,
+    input_channel_mask,
+    units_to_weight,
+    weight_to_units,
+)
 
 
 def _vit(depth: int = 2) -> nn.Module:
@@ -120,6 +128,66 @@ def test_cnn_dead_units_reset_batchnorm_and_keep_the_output() -> None:
     torch.testing.assert_close(bn.running_mean[reset], new_out.mean((0, 2, 3))[reset], rtol=1e-5, atol=1e-6)
     assert not model[3].weight[:, reset].any()
     torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+
+
+def test_without_recompute_reset_units_get_default_batchnorm_statistics() -> None:
+    """recompute_bn=False: the reset channels' running mean/var are the BatchNorm defaults 0 and 1."""
+    model = _cnn()
+    x = _images(size=8)[0][0]
+    expected = _outputs(model, x)
+    bn_before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    report = restore_plasticity(model, _images(size=8), strategy="redo", threshold=1e-6, include=("0",),
+                                recompute_bn=False)
+    reset = torch.zeros(8, dtype=torch.bool)
+    reset[[1, 6]] = True
+    assert torch.equal(report.masks["1.weight"], reset) and report.bn_recomputed == {}
+    bn = model[1]
+    for name, default in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+        value = getattr(bn, name).detach()
+        assert (value[reset] == default).all(), name
+        assert torch.equal(value[~reset], bn_before[name][~reset]), name
+    assert torch.equal(bn.num_batches_tracked, bn_before["num_batches_tracked"])
+    torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+
+
+def test_grouped_consumer_zeroes_the_columns_of_each_group() -> None:
+    """conv(3→8) feeds a conv with groups=2: channel c is column c mod 4 of the rows of group c div 4."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1, groups=2),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[[1, 6]] = -1e3  # dead ReLU units 1 (group 0, column 1) and 6 (group 1, column 2)
+    x = _images(size=8)[0][0]
+    expected = _outputs(model, x)
+    report = restore_plasticity(model, _images(size=8), strategy="redo", threshold=1e-6, include=("0",))
+    outgoing = torch.zeros(4, 4, 3, 3, dtype=torch.bool)
+    outgoing[[0, 1], 1] = True
+    outgoing[[2, 3], 2] = True
+    assert torch.equal(report.masks["2.weight"], outgoing)
+    assert not model[2].weight[outgoing].any() and model[2].weight[~outgoing].all()
+    torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
+
+
+def test_unit_helpers_known_answers() -> None:
+    rows = torch.tensor([0, 1, 0, 1])  # rows of unit 0 and unit 1 interleaved, as qkv heads are
+    torch.testing.assert_close(units_to_weight(torch.tensor([10.0, 20.0]), rows, torch.Size([4, 3])),
+                               torch.tensor([[10.0] * 3, [20.0] * 3, [10.0] * 3, [20.0] * 3]))
+    scores = torch.tensor([[1.0, 3.0], [2.0, 2.0], [5.0, 7.0], [0.0, 4.0]])  # row means 2, 2, 6, 2
+    torch.testing.assert_close(weight_to_units(scores, rows, 2), torch.tensor([4.0, 2.0]))
+    values, index = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0, 2, 0, 2])
+    torch.testing.assert_close(group_by_unit(values, index, 3), torch.tensor([2.0, 0.0, 4.0]))
+    torch.testing.assert_close(group_by_unit(values, index, 3, reduce="sum"), torch.tensor([4.0, 0.0, 8.0]))
+    # groups=2, 4 rows × 2 input columns: channel c = group c div 2, column c mod 2
+    w = torch.tensor([[1.0, -2.0], [3.0, 4.0], [-5.0, 6.0], [7.0, -8.0]])
+    torch.testing.assert_close(input_channel_abs_sum(w, 2), torch.tensor([4.0, 6.0, 12.0, 14.0]))
+    torch.testing.assert_close(input_channel_abs_sum(w, 1), torch.tensor([16.0, 20.0]))
+    conv = w[:, :, None, None] * torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)  # 1×2 kernels: twice |w|
+    torch.testing.assert_close(input_channel_abs_sum(conv, 2), torch.tensor([8.0, 12.0, 24.0, 28.0]))
+    mask = input_channel_mask(torch.tensor([False, True, True, False]), conv.shape, 2)
+    expected = torch.zeros(4, 2, dtype=torch.bool)
+    expected[[0, 1], 1] = True  # channel 1: group 0, column 1
+    expected[[2, 3], 0] = True  # channel 2: group 1, column 0
+    assert torch.equal(mask, expected[:, :, None, None].expand(4, 2, 1, 2))
 
 
 def test_mobilenet_expand_unit_ties_depthwise_and_zeroes_project_columns() -> None:
