@@ -9,6 +9,7 @@ from torch import nn
 
 from replast.errors import ConfigError
 from replast.reinit import restore_plasticity
+from replast.reinit.bn_stats import changed_channels
 
 
 def _model() -> nn.Sequential:
@@ -85,6 +86,17 @@ def test_a_one_shot_generator_feeds_both_the_utility_and_the_batchnorm_pass():
     assert report.n_batches == 3
     mean, _ = _expected_stats(model, data, 4)
     torch.testing.assert_close(model[4].running_mean, mean, rtol=1e-5, atol=1e-6)
+
+
+def test_changed_channels_compares_sums_and_sums_of_squares_known_answers():
+    """[sum, sum of squares] per channel: a channel changes when either moves by more than 1e-5 relative."""
+    before = torch.tensor([[1.0, 2.0, 30.0, 0.0], [10.0, 20.0, 30.0, 0.0]], dtype=torch.float64)
+    after = torch.tensor([[1.0, 2.0, 30.00003, 0.0], [10.0, 25.0, 30.0, 0.0]], dtype=torch.float64)
+    # channel 1: same sum, larger sum of squares (changed); channel 2: 1e-6 relative noise (kept)
+    out = changed_channels({"a": before, "same": before.clone(), "gone": before}, {"a": after, "same": before})
+    assert list(out) == ["a"] and out["a"].tolist() == [False, True, False, False]
+    zero_to_tiny = torch.zeros(2, 1, dtype=torch.float64), torch.full((2, 1), 1e-3, dtype=torch.float64)
+    assert changed_channels({"z": zero_to_tiny[0]}, {"z": zero_to_tiny[1]})["z"].tolist() == [True]
 
 
 def test_no_batch_for_the_statistics_is_a_clear_error_and_leaves_the_model_alone():

@@ -93,6 +93,8 @@ def test_masks_from_a_report_and_bad_masks() -> None:
         UpdateScaler(opt, {"nope.weight": torch.ones(1, dtype=torch.bool)}, 2.0, model=model)
     with pytest.raises(ConfigError):
         UpdateScaler(opt, report.masks, 0.0, model=model)
+    with pytest.raises(ConfigError, match="warmup_steps=-1"):
+        UpdateScaler(opt, report.masks, 2.0, warmup_steps=-1, model=model)
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
