@@ -140,6 +140,23 @@ def test_top_and_bottom_layers_take_whole_blocks() -> None:
     assert not bottom.masks["7.weight"].any()
 
 
+def test_block_ids_known_answers() -> None:
+    from replast.reinit.blocks import block_ids
+
+    class Net(nn.Module):
+        def __init__(self, n_body: int) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 1)
+            self.body = nn.Sequential(*[nn.Conv2d(4, 4, 1) for _ in range(n_body)])
+            self.neck = nn.Conv2d(4, 4, 1)
+
+    # The container holds half of the layers (2 of 4): its children are the blocks, stem and neck join the ends.
+    assert block_ids(Net(2), ["stem", "body.0", "body.1", "neck"]) == ([0, 0, 1, 1], 2)
+    # Under half (1 of 3): every top-level child holding a layer is a block.
+    assert block_ids(Net(1), ["stem", "body.0", "neck"]) == ([0, 1, 2], 3)
+    assert block_ids(tiny(), LAYERS) == ([0, 1, 2], 3)  # a plain nn.Sequential: each child
+
+
 def test_scope_mapping_gives_per_layer_fractions_and_restricts_layers() -> None:
     model = tiny()
     report = restore_plasticity(model, batches(), utility="magnitude", scope={"0": 0.5, "7": 1.0})
