@@ -18,7 +18,7 @@ import yaml
 from replast.config import FinetuneConfig
 from replast.report import render
 from replast.report.labels import figure_stems
-from replast.report.summary import sentence
+from replast.report.summary import sentence, significant_values
 from replast.report.tables import arm_table
 from replast.study import config_hash, unflatten
 
@@ -109,6 +109,38 @@ def test_sentence_without_baseline_or_pairs():
     assert "Not testable (fewer than 2 seeds paired with none): a." in text
     text = sentence(arm_table(runs[runs["arm"] == "a"]), has_baseline=False)
     assert "No finished baseline run" in text and "Highest mean test accuracy: a (55.0%, n=2)." in text
+
+
+@pytest.mark.parametrize(("p_holm", "low", "high", "expected"), [
+    (0.049, 0.01, 0.02, True), (0.049, -0.02, -0.01, True),  # p < 0.05 and the CI on one side of 0
+    (0.05, 0.01, 0.02, False),  # p must be below 0.05, not equal to it
+    (0.01, 0.0, 0.02, False), (0.01, -0.02, 0.0, False),  # a CI that touches 0 contains it
+    (0.01, -0.01, 0.02, False),  # a small p alone is not enough
+    (0.2, 0.01, 0.02, False), (float("nan"), 0.01, 0.02, False),
+])
+def test_significant_needs_holm_p_below_alpha_and_a_ci_excluding_zero(p_holm, low, high, expected):
+    assert significant_values(p_holm, low, high) is expected
+
+
+def test_overview_leaves_out_conditions_without_a_baseline():
+    from replast.report.overview import overview
+    from replast.report.tables import Condition
+
+    def condition(title: str, accs: dict) -> Condition:
+        runs = pd.DataFrame([{"arm": arm, "seed": seed, "test_acc": acc}
+                             for arm, values in accs.items() for seed, acc in enumerate(values)])
+        return Condition(title, runs, arm_table(runs), bool((runs["arm"] == "none").any()))
+
+    with_base = condition("a", {"none": [0.5, 0.6, 0.7], "x": [0.75, 0.85, 0.95]})
+    without = condition("b", {"x": [0.1, 0.2, 0.3]})
+    table = overview([with_base, without]).set_index("arm")
+    assert list(table.index) == ["none", "x"]
+    assert [c for c in table.columns if ":" in c and not c.startswith("pooled")] == ["delta:a", "significant:a"]
+    assert table.loc["none", "delta:a"] == pytest.approx(0.6) and table.loc["x", "delta:a"] == pytest.approx(0.25)
+    assert table.loc["x", ["higher", "lower"]].tolist() == [1, 0] and bool(table.loc["x", "significant:a"])
+    # pooled over the one condition with a baseline: 3 pairs of +0.25 (zero variance: p 0)
+    assert table.loc["x", "pooled_n"] == 3 and table.loc["x", "pooled_delta"] == pytest.approx(0.25)
+    assert table.loc["x", "pooled_p_holm"] == 0.0 and bool(table.loc["x", "pooled_significant"])
 
 
 def test_report_files_figures_and_failures(study_out):
