@@ -69,6 +69,14 @@ def test_count_rounds_halves_up() -> None:
     assert [count(0.5, 3), count(0.5, 5), count(0.1, 4), count(1.0, 7), count(0.0, 7)] == [2, 3, 0, 7, 0]
 
 
+def test_count_rounds_the_fraction_as_written() -> None:
+    # 0.35·90 is 31.5 (halves up: 32), but in floats 0.35 * 90 = 31.499999999999996; likewise 0.29·50 = 14.5
+    assert 0.35 * 90 < 31.5 and 0.29 * 50 < 14.5
+    assert [count(0.35, 90), count(0.29, 50), count(0.35, 170), count(0.35, 10), count(0.3, 5)] == [32, 15, 60, 4, 2]
+    assert [count(0.35, 11), count(0.34, 10), count(1 / 3, 3), count(1e-5, 49_999), count(1e-5, 50_000)] == [
+        4, 3, 1, 0, 1]
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), fractions, seeds)
 def test_restore_plasticity_resets_exactly_the_smallest_weights(a, b, c, p, seed) -> None:

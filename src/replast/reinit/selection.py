@@ -7,9 +7,9 @@ top-layers / bottom-layers ignore scores and take whole blocks (see `blocks`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 import torch
 from torch import Tensor
@@ -32,8 +32,10 @@ class SelectionInput:
 
 
 def count(fraction: float, n: int) -> int:
-    """round(p·n), halves up, so p=0.5 of 3 is 2 everywhere (Python's round would give 2 or 1)."""
-    return min(n, int(math.floor(fraction * n + 0.5)))
+    """round(p·n), halves up, so p=0.5 of 3 is 2 everywhere (Python's round would give 2 or 1). p·n is taken
+    with p as written (its shortest repr): 0.35 of 90 is 31.5, so 32, where the float product 31.4999... gives 31."""
+    exact = Decimal(repr(float(fraction))) * int(n)
+    return min(n, int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
 def lowest(scores: Tensor, k: int) -> Tensor:
