@@ -168,6 +168,31 @@ def test_grouped_consumer_zeroes_the_columns_of_each_group() -> None:
     torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
 
 
+def test_a_tied_layer_selected_itself_resets_the_union_of_both_selections() -> None:
+    """The depthwise conv 3 is tied to conv 0's units and is a layer with units of its own: both count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+    def lowest_units(layer: int) -> torch.Tensor:  # magnitude at unit level: mean |w| of the unit's row
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[model[layer].weight.detach().abs().flatten(1).mean(1).argsort()[:2]] = True  # 25% of 8
+        return mask
+
+    own0, own3 = lowest_units(0), lowest_units(3)
+    union = own0 | own3
+    assert int(union.sum()) == 3  # the two selections overlap in one unit only
+    report = restore_plasticity(model, _images(size=8), utility="magnitude", fraction=0.25, level="unit",
+                                zero_outgoing=True, recompute_bn=False)
+    masks = report.masks
+    assert torch.equal(masks["0.weight"].flatten(1).all(1), own0) and torch.equal(masks["1.weight"], own0)
+    assert torch.equal(masks["3.weight"].flatten(1).all(1), union) and torch.equal(masks["3.bias"], union)
+    assert torch.equal(masks["3.weight"].flatten(1).any(1), union)
+    assert torch.equal(masks["4.weight"], union) and torch.equal(masks["4.bias"], union)
+    assert (model[4].running_mean[union] == 0).all() and (model[4].running_var[union] == 1).all()
+
+
 def test_unit_helpers_known_answers() -> None:
     rows = torch.tensor([0, 1, 0, 1])  # rows of unit 0 and unit 1 interleaved, as qkv heads are
     torch.testing.assert_close(units_to_weight(torch.tensor([10.0, 20.0]), rows, torch.Size([4, 3])),
