@@ -23,6 +23,12 @@ def test_mean_ci_single_value_and_constant_and_empty():
     assert mean_ci([1.0, float("nan")]).n == 1
 
 
+def test_mean_ci_is_the_mean_and_the_interval_lies_within_the_data():
+    c = mean_ci([1.0, 2.0, 6.0], n_boot=2000)
+    assert (c.mean, c.n) == (3.0, 3)  # the mean, not the median 2
+    assert 1.0 <= c.low < 3.0 < c.high <= 6.0
+
+
 def test_mean_ci_two_values_bootstrap_spans_the_possible_means():
     # Resampling [0, 1] gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95% interval is [0, 1].
     c = mean_ci([0.0, 1.0], n_boot=4000, seed=1)
