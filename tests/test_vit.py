@@ -127,6 +127,18 @@ def test_adamw_is_the_default_for_vits(family, optimizer, batch, expected):
     assert (s.name, s.weight_decay) == (expected[0], expected[2]) and s.lr == pytest.approx(expected[1])
 
 
+@pytest.mark.parametrize("family, optimizer, refused", [
+    ("cnn", "auto", True), ("vit", "sgd", True), ("vit", "auto", False), ("cnn", "adamw", False)])
+def test_momentum_zero_with_nesterov_is_refused_only_where_sgd_runs(family, optimizer, refused):
+    cfg = TrainConfig(optimizer=optimizer, momentum=0.0)
+    if refused:
+        with pytest.raises(ConfigError, match="train.momentum=0 with train.nesterov=true"):
+            resolve(cfg, family, 64)
+    else:
+        assert resolve(cfg, family, 64).name == "adamw"
+    assert resolve(TrainConfig(optimizer=optimizer, momentum=0.0, nesterov=False), family, 64)
+
+
 def test_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     cfg = TrainConfig(layer_decay=0.5)
     optimizer = build_optimizer(_tiny_vit(), cfg, resolve(cfg, "vit", 64))

@@ -236,9 +236,6 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
     if t.weight_decay is not None and t.weight_decay < 0:
         errors.append(f"train.weight_decay={t.weight_decay}: must be >= 0")
     _range(errors, "train.momentum", t.momentum, 0.0, 1.0)
-    if t.momentum == 0 and t.nesterov and t.optimizer != "adamw":
-        errors.append("train.momentum=0 with train.nesterov=true: Nesterov SGD needs momentum > 0; "
-                      "pass --train.nesterov false for plain SGD")
     if t.eval_batch_size is not None and t.eval_batch_size < 1:
         errors.append(f"train.eval_batch_size={t.eval_batch_size}: must be at least 1 "
                       "(or null for 2 x batch_size)")

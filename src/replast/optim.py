@@ -16,6 +16,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from replast.config import TrainConfig
+from replast.errors import ConfigError
 
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
@@ -40,6 +41,9 @@ def resolve(cfg: TrainConfig, family: str, batch_size: int) -> OptimSettings:
     one study can set it for every model of a grid.
     """
     name = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if family == "vit" else "sgd")
+    if name == "sgd" and cfg.nesterov and cfg.momentum == 0:  # checked here: `auto` is AdamW for a ViT
+        raise ConfigError("train.momentum=0 with train.nesterov=true: Nesterov SGD needs momentum > 0; "
+                          "pass --train.nesterov false for plain SGD")
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[name] * batch_size / REFERENCE_BATCH
     wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WEIGHT_DECAY[name]
     layer_decay = cfg.layer_decay
