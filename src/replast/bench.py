@@ -27,7 +27,7 @@ from replast.checkpoint import write_text
 from replast.data import load_dataset
 from replast.data.imagefolder import ImageFolderSource
 from replast.data.registry import resolve_source
-from replast.errors import ConfigError, OutputError
+from replast.errors import ConfigError
 from replast.models import load_model
 from replast.runfiles import check_creatable
 from replast.train import resolve_precision
@@ -150,8 +150,6 @@ def run_throughput(models: list[str] | None = None, sizes: list[int] | None = No
     device = _device_name(fabric.device)
     path = Path(out or f"benchmarks/results/throughput_{'cpu' if accelerator == 'cpu' else device}.json")
     check_creatable(path)  # a path that can never be written fails now, not after minutes of measuring
-    if path.is_dir():
-        raise OutputError(f"--out {path} is a directory; name a .json file")
     image_folder(data)  # refuse a dataset without image files before loading anything
     rows = [measure(m, s, batch_size, steps, fabric, workers, data, weights) for m in models for s in sizes]
     record = {"device": device, "torch": torch.__version__, "intra_op_threads": torch.get_num_threads(), "precision": fabric._precision.precision

@@ -166,7 +166,6 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         raise ConfigError(f"launcher={launcher!r}: valid: local, slurm")
     if jobs < 1:  # checked before OUT is touched: nothing is queued for a sweep that cannot start
         raise ConfigError(f"jobs={jobs}: must be at least 1")
-    runfiles.check_creatable(out_dir, directory=True)
     runfiles.make_directory(out_dir)
     claim_out(out_dir, study, force)
     store = Store(out_dir).load()

@@ -47,36 +47,34 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, overwrite: bool, resume: bool
     status = read_status(path)
     if status and status["status"] == FINISHED and not overwrite:
         raise OutputError(f"{path} already holds a finished run; choose another --out or pass --overwrite")
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"--out {path} is a file; choose a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"--out {path} is not writable ({e.strerror}); choose another directory") from e
-    return path
+    return make_directory(path)
 
 
 def check_creatable(path: str | os.PathLike, *, directory: bool = False, option: str = "--out") -> None:
-    """Fail before any work when `path` can never be written: it is empty, lies below a regular file, or
-    (`directory`) is a regular file itself. `option` names the argument in the message."""
+    """Fail before any work when `path` can never be written: it is empty, lies below a regular file, or is
+    a regular file where a `directory` is wanted (a directory where a file is). `option` names the argument."""
     if not str(path).strip():
         raise OutputError(f"{option} is empty; name the output location")
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; choose a directory")
+    if not directory and path.is_dir():
+        raise OutputError(f"{option} {path} is a directory; name a file")
     existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{option} {path} is not writable ({existing} is a file); choose another location")
 
 
 def make_directory(path: str | os.PathLike, *, option: str = "--out") -> Path:
-    """Create the output directory `path` (and its parents); one OutputError naming it when that fails."""
+    """Create the output directory `path` (and its parents) and check that it takes files; one OutputError
+    naming it when that fails."""
+    check_creatable(path, directory=True, option=option)
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
         raise OutputError(f"{option} {path} is not writable ({e.strerror}); choose another directory") from e
     return path

@@ -196,12 +196,19 @@ def _tables(out: Path) -> tuple[CsvTable, CsvTable]:
     else:
         raise OutputError(f"{out} holds neither runs/ nor results.csv; pass a study's OUT directory")
     tables = CsvTable.parse(texts[0]), CsvTable.parse(texts[1])
-    for table, name, needed in zip(tables, ("results.csv", "curves.csv"), (("hash", "status"), ("hash",)),
-                                   strict=True):
-        missing = [c for c in needed if c not in table.columns]
-        if table.columns and missing:  # no columns at all = no runs yet
-            raise OutputError(f"{out / name} has no {', '.join(missing)} column; is it a replast results file?")
+    for table, name in zip(tables, ("results.csv", "curves.csv"), strict=True):
+        check_columns(out / name, table.columns)
     return tables
+
+
+KEY_COLUMNS = {"results.csv": ("hash", "status"), "curves.csv": ("hash",)}
+
+
+def check_columns(path: Path, columns: Sequence[str]) -> None:
+    """A results.csv or curves.csv must have replast's key columns; one without any columns holds no runs yet."""
+    missing = [c for c in KEY_COLUMNS[path.name] if c not in columns]
+    if columns and missing:
+        raise OutputError(f"{path} has no {', '.join(missing)} column; is it a replast results file?")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from replast.report.labels import BASELINE, figure_stems
 from replast.report.markdown import to_markdown
 from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
-from replast.store import study_name
+from replast.store import check_columns, study_name
 
 METHODS = (
     "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% percentile-bootstrap CI. "
@@ -43,8 +43,8 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     if (out / "runs").is_dir():
         return collect(out, write=False)
     if (out / "results.csv").exists():
-        results = _read_table(out / "results.csv", ("hash", "status"), dtype={"environment.commit": str})
-        curves = _read_table(out / "curves.csv", ("hash",))
+        results = _read_table(out / "results.csv", dtype={"environment.commit": str})
+        curves = _read_table(out / "curves.csv")
         if not len(results.columns):
             return results, curves, []
         if (results["status"] == "finished").any() and "seed" not in results:  # runs are paired by seed
@@ -53,7 +53,7 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     raise OutputError(f"{out} holds neither runs/ nor results.csv; run `replast sweep` first or check the path")
 
 
-def _read_table(path: Path, needed: tuple[str, ...], **options) -> pd.DataFrame:
+def _read_table(path: Path, **options) -> pd.DataFrame:
     """results.csv or curves.csv of an OUT without runs/. A missing file or one without columns (what a
     merge of a study with no runs yet writes) is an empty table, as `replast merge` reads it."""
     if not path.is_file():
@@ -65,9 +65,7 @@ def _read_table(path: Path, needed: tuple[str, ...], **options) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise OutputError(f"{path} is not a readable CSV table ({' '.join(str(e).split())[:120]}); "
                           "is it a replast results file?") from e
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise OutputError(f"{path} has no {', '.join(missing)} column; is it a replast results file?")
+    check_columns(path, list(table.columns))
     return table
 
 
