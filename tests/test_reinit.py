@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from replast.errors import ConfigError, UnknownNameError
-from replast.reinit import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES, restore_plasticity
-from replast.reinit.selection import count
+from replast.reinit import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES, restore_plasticity, utility_scores
+from replast.reinit.selection import SelectionInput, count, global_
 
 HEAD = "9"
 LAYERS = ["0", "3", "7"]
@@ -129,6 +129,41 @@ def test_threshold_selection_resets_low_normalized_scores() -> None:
     report = restore_plasticity(model, batches(), utility="magnitude", selection="threshold", threshold=0.5,
                                 include=("7",))
     assert torch.equal(report.masks["7.weight"], w / w.mean() <= 0.5)
+
+
+def test_global_ranks_network_scale_utilities_unnormalized() -> None:
+    scores = [torch.tensor([100.0, 200.0, 300.0, 400.0]), torch.tensor([5.0, 6.0, 7.0, 8.0])]
+    layer_fair = global_(scores, SelectionInput([0.25] * 2, 0.25))  # /layer mean: 0.4 and 0.77 lowest
+    assert [m.tolist() for m in layer_fair] == [[True, False, False, False], [True, False, False, False]]
+    as_they_are = global_(scores, SelectionInput([0.25] * 2, 0.25, normalize_layers=False))
+    assert [m.tolist() for m in as_they_are] == [[False] * 4, [True, True, False, False]]
+
+
+@pytest.mark.parametrize("selection", ["per-layer", "threshold", "global"])
+def test_snip_is_taylor_except_when_global_ranks_the_whole_network(selection: str) -> None:
+    model = tiny()
+    with torch.no_grad():
+        model[7].weight.mul_(100)  # layers on very different scales: only an unnormalized ranking sees it
+    masks = {u: restore_plasticity(copy.deepcopy(model), batches(), utility=u, selection=selection,
+                                   fraction=0.3, threshold=0.5).masks for u in ("taylor", "snip")}
+    same = all(torch.equal(masks["taylor"][n], masks["snip"][n]) for n in masks["taylor"])
+    assert same == (selection != "global")
+    if selection == "global":  # SNIP: the lowest E|w·g| of the whole network, whatever layer they are in
+        scores = utility_scores(copy.deepcopy(model), batches(), "taylor")
+        chosen = torch.cat([s[masks["snip"][f"{n}.weight"]] for n, s in scores.items()])
+        rest = torch.cat([s[~masks["snip"][f"{n}.weight"]] for n, s in scores.items()])
+        assert len(chosen) == count(0.3, len(chosen) + len(rest)) and chosen.max() <= rest.min()
+
+
+@pytest.mark.parametrize("options", [{"strategy": "reinit-all"}, {"strategy": "redo"}, {"strategy": "fire"},
+                                     {"utility": "taylor", "level": "unit"}])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_zero_size_layers_are_not_eligible(options: dict) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 0), nn.Linear(0, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(6, 4), torch.randint(0, 3, (6,)))]
+    report = restore_plasticity(model, data, **options)
+    assert [row.layer for row in report.rows] == ["0"]
 
 
 def test_top_and_bottom_layers_take_whole_blocks() -> None:

@@ -65,7 +65,8 @@ def utility_scores(model: nn.Module, data: Iterable, utility: str = "taylor", *,
 
 
 def _select(target: Target, scored: Scored, o: Options) -> list[Tensor]:
-    spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks)
+    spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks,
+                          normalize_layers=not scored.utility.network_scale)
     return SELECTIONS.get(o.selection)(scored.scores, spec)
 
 

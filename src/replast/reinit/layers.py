@@ -20,10 +20,10 @@ HEAD_ALIAS = "head"
 
 
 def is_weighted(module: nn.Module) -> bool:
-    """A Conv/Linear with a materialized weight (lazy modules are skipped)."""
+    """A Conv/Linear with a materialized, non-empty weight (lazy and zero-size modules are skipped)."""
     weight = getattr(module, "weight", None)
     return isinstance(module, WEIGHTED) and isinstance(weight, nn.Parameter) and weight.dim() > 0 \
-        and not isinstance(weight, nn.parameter.UninitializedParameter)
+        and not isinstance(weight, nn.parameter.UninitializedParameter) and weight.numel() > 0
 
 
 def head_name(model: nn.Module) -> str | None:

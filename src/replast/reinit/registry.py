@@ -21,12 +21,15 @@ class Utility:
 
     `needs` names the statistics the rule reads ("grad", "act"); `level` says whether `fn` returns one
     score per weight (the weight's shape) or one per unit (output neuron, filter or attention head).
+    `network_scale`: scores of different layers compare as they are, so the `global` selection ranks them
+    without normalizing each layer by its mean (SNIP's ranking over the whole network).
     """
 
     name: str
     fn: Callable
     needs: frozenset[str]
     level: Level
+    network_scale: bool = False
 
     @property
     def needs_grad(self) -> bool:
@@ -43,12 +46,13 @@ SCHEMES: Registry[Callable] = Registry("scheme")
 STRATEGIES: Registry[Callable] = Registry("strategy")
 
 
-def register_utility(name: str, *, needs: tuple[str, ...] = (), level: Level = "weight") -> Callable:
+def register_utility(name: str, *, needs: tuple[str, ...] = (), level: Level = "weight",
+                     network_scale: bool = False) -> Callable:
     """Decorator: register `fn(stats, generator) -> Tensor` as utility `name`."""
 
     def decorator(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
-        UTILITIES.register(name, doc[0] if doc else "")(Utility(name, fn, frozenset(needs), level))
+        UTILITIES.register(name, doc[0] if doc else "")(Utility(name, fn, frozenset(needs), level, network_scale))
         return fn
 
     return decorator

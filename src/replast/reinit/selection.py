@@ -1,7 +1,8 @@
 """Selections: pure functions from per-layer scores to per-layer boolean masks (True = reset).
 
 Counts are exact: per-layer and global take the k = round(p·n) lowest scores with `topk`, so ties
-never change the count. `threshold` and `global` compare scores normalized by the layer mean.
+never change the count. `threshold` and `global` compare scores normalized by the layer mean (`global`
+ranks them as they are when `normalize_layers` is off: utilities whose scale is the network's, SNIP).
 top-layers / bottom-layers ignore scores and take whole blocks (see `blocks`).
 """
 
@@ -29,6 +30,7 @@ class SelectionInput:
     layers: int = 1
     blocks: Sequence[int] = ()
     n_blocks: int = 1
+    normalize_layers: bool = True
 
 
 def count(fraction: float, n: int) -> int:
@@ -61,7 +63,8 @@ def per_layer(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
 @register_selection("global")
 def global_(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """the fraction p of lowest layer-normalized scores over all layers together"""
-    flat = torch.cat([normalized(s).flatten().to(scores[0].device) for s in scores])
+    scale = normalized if spec.normalize_layers else Tensor.float
+    flat = torch.cat([scale(s).flatten().to(scores[0].device) for s in scores])
     mask = lowest(flat, count(spec.fraction, flat.numel()))
     parts = mask.split([s.numel() for s in scores])
     return [m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)]

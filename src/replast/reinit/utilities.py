@@ -59,11 +59,11 @@ def fisher(stats: LayerStats, generator: torch.Generator) -> Tensor:
     return 0.5 * _get(stats, "grad_sq") * stats.weight.detach().square()
 
 
-@register_utility("snip", needs=("grad",))
+@register_utility("snip", needs=("grad",), network_scale=True)
 def snip(stats: LayerStats, generator: torch.Generator) -> Tensor:
-    """|w·g| normalized to sum 1 within the layer (SNIP connection sensitivity)"""
-    score = taylor(stats, generator)
-    return score / score.sum().clamp_min(TINY)
+    """E|w·g| ranked over the whole network by `global` (SNIP connection sensitivity)"""
+    # SNIP divides by the network's total, which changes no rank; within a layer this is taylor's ranking
+    return taylor(stats, generator)
 
 
 @register_utility("activation", needs=("act",), level="unit")
