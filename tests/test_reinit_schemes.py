@@ -45,6 +45,21 @@ def test_timm_goog_and_vit_rules() -> None:
     assert _draw(vit, "patch_embed.proj").abs().max() <= bound
 
 
+def test_timm_resnet_and_convnext_rules() -> None:
+    import timm
+
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    conv = resnet.layer4[1].conv2  # 512 -> 512, 3x3: kaiming-normal fan_out = 9·512
+    assert family_of(resnet)["layer4.1.conv2"] == "timm-resnet"
+    assert _draw(resnet, "layer4.1.conv2").std().item() == pytest.approx(math.sqrt(2 / (9 * conv.out_channels)),
+                                                                         rel=0.02)
+    convnext = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
+    for name in ("stages.3.blocks.0.conv_dw", "stages.3.blocks.0.mlp.fc1"):
+        values = _draw(convnext, name)
+        assert values.std().item() == pytest.approx(0.02, rel=0.05) and values.abs().max() <= 2.0
+    assert not _draw(convnext, "stages.3.blocks.0.mlp.fc1", "bias").any()
+
+
 def test_fallback_is_pytorch_default_and_custom_reset_is_seeded() -> None:
     linear = nn.Linear(16, 4)
     values = init_values(linear, "weight", "", torch.Generator().manual_seed(0))

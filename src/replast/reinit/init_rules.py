@@ -1,9 +1,10 @@
 """Fresh values from a layer's own from-scratch initializer, drawn from an explicit generator.
 
 A small rule table keyed by model family (found by walking each layer's ancestors' classes):
-torchvision MobileNetV2/V3 (conv kaiming-normal fan_out, linear N(0, 0.01)), torchvision ResNet
+torchvision MobileNetV2/V3 (conv kaiming-normal fan_out, linear N(0, 0.01)), torchvision and timm ResNet
 (conv kaiming-normal fan_out), timm EfficientNet/MobileNetV3 (`_init_weight_goog`), timm ViT (linear
-trunc-normal std .02); biases zero. Anything else: PyTorch's `reset_parameters()` rule.
+trunc-normal std .02), timm ConvNeXt (conv and linear trunc-normal std .02); biases zero. Anything else:
+PyTorch's `reset_parameters()` rule.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ FAMILIES = {
     "torchvision.models.mobilenetv2.MobileNetV2": "torchvision-mobilenet",
     "torchvision.models.mobilenetv3.MobileNetV3": "torchvision-mobilenet",
     "torchvision.models.resnet.ResNet": "torchvision-resnet",
+    "timm.models.resnet.ResNet": "timm-resnet",
+    "timm.models.convnext.ConvNeXt": "timm-convnext",
     "timm.models.efficientnet.EfficientNet": "timm-goog",
     "timm.models.mobilenetv3.MobileNetV3": "timm-goog",
     "timm.models.vision_transformer.VisionTransformer": "timm-vit",
@@ -91,6 +94,13 @@ def _goog(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
     return _normal(shape, math.sqrt(2.0 / fan_out), g)
 
 
+def _convnext(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
+    shape = getattr(module, param).shape
+    if param == "bias":
+        return torch.zeros(shape)
+    return nn.init.trunc_normal_(torch.empty(shape), std=0.02, a=-2.0, b=2.0, generator=g)
+
+
 def _vit(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
     if not isinstance(module, nn.Linear):  # timm's ViT init leaves patch_embed.proj at PyTorch's default
         return _fallback(module, param, g)
@@ -109,6 +119,8 @@ def _fallback(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
 RULES: dict[str, Callable[[nn.Module, str, torch.Generator], Tensor]] = {
     "torchvision-mobilenet": _mobilenet,
     "torchvision-resnet": _resnet,
+    "timm-resnet": _resnet,  # timm's init_weights: the same kaiming-normal fan_out convs, default linear
+    "timm-convnext": _convnext,
     "timm-goog": _goog,
     "timm-vit": _vit,
     "": _fallback,
