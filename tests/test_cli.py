@@ -44,6 +44,8 @@ def test_yes_no_options_without_a_value_mean_true(cli, tiny_run_args):
     assert bare_flags_to_true(["sweep", "--collect", "--jobs", "2", "--force"]) == [
         "sweep", "--collect", "true", "--jobs", "2", "--force", "true"]
     assert bare_flags_to_true(["bench", "--steps", "--x"]) == ["bench", "--steps", "--x"]  # not yes/no options
+    assert bare_flags_to_true(["reinit", "--reinit.zero_outgoing", "--overwrite"]) == [  # a config's fields too
+        "reinit", "--reinit.zero_outgoing", "true", "--overwrite", "true"]
 
 
 def test_python_dash_m_entry_point_help():
@@ -93,7 +95,11 @@ def test_finished_run_is_not_overwritten_without_flag(cli, tiny_run_args, tmp_pa
     code, _, err = cli("finetune", *tiny_run_args)
     assert code == 2 and "--overwrite" in err
     assert (tmp_path / "run" / "final.json").read_text() == before
+    stale = [tmp_path / "run" / name for name in ("diagnosis.json", "autoscope.json", "reinit_report.json")]
+    for path in stale:  # records of an earlier run with other options (--diagnose, --reinit.scope auto)
+        path.write_text("{}")
     assert cli("finetune", *tiny_run_args, "--overwrite")[0] == 0
+    assert not any(path.exists() for path in stale)  # this run (plain, no diagnosis) writes none of them
 
 
 def test_out_that_is_a_file(cli, tiny_run_args, tmp_path):

@@ -26,10 +26,14 @@ _API = {
     "ReplastError": "replast.errors",
 }
 
+_MODULES = {"integrations"}  # `replast.integrations.RestorePlasticity` after a plain `import replast`
+
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"replast.{name}")
     raise AttributeError(f"module 'replast' has no attribute {name!r}")

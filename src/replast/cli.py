@@ -10,6 +10,7 @@ one line on stderr and exit code 2; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Sequence
@@ -77,12 +78,13 @@ def yes_no_options(command: str) -> set[str]:
     entry = COMMANDS.get(command)
     if entry is None:
         return set()
-    if "config" in entry:
-        from replast.study import flatten
+    from replast.study import flatten
 
+    if "config" in entry:
         return {k for k, v in flatten(entry["config"]().to_dict()).items() if isinstance(v, bool)}
-    params = inspect.signature(entry["fn"]).parameters.values()
-    return {p.name for p in params if isinstance(p.default, bool)}
+    defaults = {p.name: dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else p.default
+                for p in inspect.signature(entry["fn"]).parameters.values()}  # `reinit: ReinitConfig` → reinit.*
+    return {k for k, v in flatten(defaults).items() if isinstance(v, bool)}
 
 
 def bare_flags_to_true(argv: Sequence[str]) -> list[str]:

@@ -82,7 +82,8 @@ def make_directory(path: str | os.PathLike, *, option: str = "--out") -> Path:
 
 def clear_previous(run_dir: str | os.PathLike) -> None:
     """Remove the records of an earlier run (for --overwrite), once the new run is known to start."""
-    for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json", "reinit_report.json"):
+    for name in ("final.json", "metrics.csv", "plasticity.csv", "status.json", "reinit_report.json",
+                 "diagnosis.json", "autoscope.json"):
         (Path(run_dir) / name).unlink(missing_ok=True)
     for name in ("last.pt", "best.pt"):
         (Path(run_dir) / "checkpoints" / name).unlink(missing_ok=True)
