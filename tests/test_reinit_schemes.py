@@ -109,3 +109,20 @@ def test_orthogonal_groups_and_degenerate_matrices() -> None:
     torch.testing.assert_close(out.flatten(1).norm(dim=1), torch.full((6,), 1 / 3))
     assert torch.isfinite(polar(torch.zeros(2, 4, 6))).all()
     assert torch.isfinite(polar(torch.ones(4, 6))).all()
+
+
+def test_fire_orthogonalizes_q_k_and_v_of_a_fused_qkv_separately() -> None:
+    import timm
+
+    from replast.reinit import restore_plasticity
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                            num_classes=3)
+    data = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]
+    restore_plasticity(vit, data, strategy="fire")
+    qkv = vit.blocks[0].attn.qkv.weight.detach()  # [3·192, 192]: each block square, so orthogonal (scale 1)
+    for block in qkv.split(qkv.shape[1]):
+        torch.testing.assert_close(block @ block.T, torch.eye(block.shape[0]), atol=1e-4, rtol=0)
+    fc1 = vit.blocks[0].mlp.fc1.weight.detach()  # [768, 192]: one tall matrix, columns orthogonal × 2
+    torch.testing.assert_close(fc1.T @ fc1, 4 * torch.eye(fc1.shape[1]), atol=1e-3, rtol=0)

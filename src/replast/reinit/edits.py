@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from replast.reinit.init_rules import init_values
-from replast.reinit.pairing import UnitMap
+from replast.reinit.pairing import UnitMap, fused_qkv
 from replast.reinit.schemes import SchemeInput
 from replast.reinit.units import input_channel_mask, row_mask
 from replast.transfer import host_to_device, host_values
@@ -75,6 +75,14 @@ def _reset_batchnorm(bn: nn.modules.batchnorm._BatchNorm, channels: Tensor) -> N
             tensor.masked_fill_(channels, value)
 
 
+def _row_blocks(modules: dict[str, nn.Module], name: str) -> int:
+    """Rows that form separate matrices: a conv's groups; q, k and v of a fused attention qkv."""
+    parent, _, leaf = name.rpartition(".")
+    if leaf == "qkv" and fused_qkv(modules.get(parent)):
+        return 3
+    return getattr(modules[name], "groups", 1)
+
+
 @torch.no_grad()
 def apply_edits(model: nn.Module, edits: Edits, scheme, shrink: float, perturb: float,
                 families: dict[str, str], generator: torch.Generator) -> dict[str, Tensor]:
@@ -91,7 +99,7 @@ def apply_edits(model: nn.Module, edits: Edits, scheme, shrink: float, perturb: 
         if reset is not None and any_reset[name]:
             module = modules[owner]
             fresh = host_to_device(init_values(module, kind, families.get(owner, ""), generator), param.device)
-            spec = SchemeInput(shrink, perturb, getattr(module, "groups", 1))
+            spec = SchemeInput(shrink, perturb, _row_blocks(modules, owner))
             new = scheme(value, fresh, spec).to(param.dtype)
             value = torch.where(reset, new, value)
         if zero is not None:

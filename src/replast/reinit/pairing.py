@@ -137,18 +137,29 @@ def _channel_pairing(layer: str, trace: Trace, modules: dict[str, nn.Module], ex
     return UnitMap(layer, width, ids, "", ties, site, ids, consumer, ids)
 
 
+def is_attention(module: nn.Module | None) -> bool:
+    """timm-style attention: Linear `qkv` and `proj` and an int `num_heads`."""
+    qkv, proj, heads = (getattr(module, a, None) for a in ("qkv", "proj", "num_heads"))
+    return isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int)
+
+
+def fused_qkv(module: nn.Module | None) -> bool:
+    """An attention whose `qkv` stacks q, k and v ([3·d, in]) over a `proj` that reads d channels."""
+    return is_attention(module) and module.qkv.out_features == 3 * module.proj.in_features
+
+
 def _attention_pairings(model: nn.Module, trace: Trace, exclude: Sequence[str],
                         zero_outgoing: bool) -> dict[str, UnitMap]:
     """Heads of fused-qkv attention: rows h·d..(h+1)·d of each of q, k, v; proj columns h·d..(h+1)·d."""
     out = {}
     for name, attn in model.named_modules():
-        qkv, proj, heads = (getattr(attn, a, None) for a in ("qkv", "proj", "num_heads"))
-        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int)):
+        if not is_attention(attn):
             continue
+        qkv, proj, heads = attn.qkv, attn.proj, attn.num_heads
         width = proj.in_features
         prefix = f"{name}." if name else ""
         reason = ""
-        if qkv.out_features != 3 * width or width % heads:
+        if not fused_qkv(attn) or width % heads:
             reason = "qkv is not a fused [q; k; v] projection"
         elif not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
             reason = "attention output is normalized before proj"

@@ -18,6 +18,8 @@ from replast.reinit.registry import register_scheme
 
 @dataclass(frozen=True)
 class SchemeInput:
+    """`groups`: blocks of rows that are separate matrices (a conv's groups; 3 for a fused q, k, v)."""
+
     shrink: float = 0.4
     perturb: float = 0.1
     groups: int = 1
@@ -71,7 +73,8 @@ def orthogonal(old: Tensor, fresh: Tensor, spec: SchemeInput) -> Tensor:
         return fresh
     out = old.shape[0]
     # A conv is the im2col matrix [out/g, in/g·k·k] per group (FIRE takes each kernel position, which
-    # is undefined for depthwise convs); group matrices are orthogonalized as a batch.
+    # is undefined for depthwise convs); group matrices are orthogonalized as a batch. A fused attention
+    # qkv is three [d, in] matrices (FIRE splits q, k and v).
     mats = old.float().reshape(spec.groups, out // spec.groups, -1)
     rows, cols = mats.shape[-2:]
     return (polar(mats) * math.sqrt(rows / cols)).reshape(old.shape)
