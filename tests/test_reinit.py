@@ -15,7 +15,7 @@ from torch import nn
 
 from replast.errors import ConfigError, UnknownNameError
 from replast.reinit import SCHEMES, SELECTIONS, STRATEGIES, UTILITIES, restore_plasticity, utility_scores
-from replast.reinit.selection import SelectionInput, count, global_
+from replast.reinit.selection import SelectionInput, count, global_, per_layer, threshold
 
 HEAD = "9"
 LAYERS = ["0", "3", "7"]
@@ -164,6 +164,37 @@ def test_zero_size_layers_are_not_eligible(options: dict) -> None:
     data = [(torch.randn(6, 4), torch.randint(0, 3, (6,)))]
     report = restore_plasticity(model, data, **options)
     assert [row.layer for row in report.rows] == ["0"]
+
+
+def test_ineligible_entries_are_never_chosen() -> None:
+    scores = [torch.tensor([1.0, 2.0, 3.0, 4.0])]
+    spec = SelectionInput([0.5], 0.5, threshold=0.5, eligible=[torch.tensor([False, True, True, True])])
+    assert per_layer(scores, spec)[0].tolist() == [False, True, True, False]  # the next-lowest instead
+    assert global_(scores, spec)[0].tolist() == [False, True, True, False]
+    few = SelectionInput([0.5], 0.5, eligible=[torch.tensor([False, False, False, True])])
+    assert per_layer(scores, few)[0].tolist() == [False, False, False, True]  # fewer than round(p·n) left
+    low = [torch.tensor([0.0, 1.0, 1.0, 2.0])]  # normalized as before (layer mean 1): only entry 0 <= 0.5
+    assert not threshold(low, spec)[0].any()
+
+
+@pytest.mark.parametrize("options", [{"strategy": "cbp", "fraction": 0.3},
+                                     {"utility": "magnitude", "fraction": 0.3},
+                                     {"utility": "taylor", "level": "unit", "fraction": 0.3}])
+def test_protected_entries_are_not_reset_again(options: dict) -> None:
+    model = tiny()
+    first = restore_plasticity(model, batches(), **options)
+    unprotected = copy.deepcopy(model)
+    again = restore_plasticity(model, batches(), protect=first.masks, seed=1, **options)
+    repeat = restore_plasticity(unprotected, batches(), seed=1, **options)
+    units = options.get("strategy") == "cbp" or options.get("level") == "unit"
+
+    def chosen(report, weight: str) -> torch.Tensor:  # units: their whole rows reset
+        return report.masks[weight].flatten(1).all(1) if units else report.masks[weight]
+
+    assert again.n_reset > 0
+    assert not any((chosen(first, f"{n}.weight") & chosen(again, f"{n}.weight")).any() for n in LAYERS)
+    if options.get("strategy") == "cbp":  # without `protect`, units just reset (zero outgoing) come first again
+        assert any((chosen(first, f"{n}.weight") & chosen(repeat, f"{n}.weight")).any() for n in LAYERS)
 
 
 def test_top_and_bottom_layers_take_whole_blocks() -> None:

@@ -23,11 +23,16 @@ def attach(trainer: Any, report: Any, batches: list) -> None:
     if schedule.once:
         return
 
+    previous = report.masks
+
     def reapply(step: int) -> None:
+        nonlocal previous
         if not schedule.due(step):
             return
         model = unwrap_model(trainer.model)
-        again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, **options)
+        # what the last application reset is K steps old: not yet eligible (CBP's maturity threshold)
+        again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, protect=previous, **options)
+        previous = again.masks
         clear_optimizer_state(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer, again.masks, model=model)
         trainer.reinit_events.append({"step": step, "n_reset": again.n_reset, "time_s": again.total_time_s})

@@ -25,6 +25,7 @@ from replast.reinit.report import ReinitReport
 from replast.reinit.rows import build_rows, param_norms
 from replast.reinit.selection import SelectionInput
 from replast.reinit.target import Target, resolve_target
+from replast.reinit.units import group_by_unit
 
 
 def restore_plasticity(
@@ -33,7 +34,7 @@ def restore_plasticity(
     exclude: str | Sequence[str] = ("head",), seed: int = 0, *, threshold: float = 0.1, layers: int = 1,
     level: str = "weight", zero_outgoing: bool = False, batches: int = 8, shrink: float = 0.4,
     perturb: float = 0.1, scope: str | Mapping[str, float] = "all", include: str | Sequence[str] = (),
-    recompute_bn: bool = True, **options: Any,
+    recompute_bn: bool = True, protect: Mapping[str, Tensor] | None = None, **options: Any,
 ) -> ReinitReport:
     """Re-initialize part of `model` in place and report what changed.
 
@@ -42,7 +43,9 @@ def restore_plasticity(
     input the edit changed get running statistics re-estimated on those batches (`bn_stats`). Keyword names
     are the fields of ReinitConfig, so `restore_plasticity(model, loader, **asdict(cfg.reinit))` works;
     lr_scale, lr_warmup_steps and schedule are accepted and ignored (the trainer uses them). The model's
-    train/eval modes and requires_grad flags are restored and its gradients cleared.
+    train/eval modes and requires_grad flags are restored and its gradients cleared. `protect` ({param
+    name: bool mask}, e.g. an earlier report's `.masks`) keeps those entries from being chosen (a unit: when
+    its incoming rows were reset); `every:K` passes the previous application's masks (CBP's maturity).
     """
     opts = make_options(
         strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
@@ -51,7 +54,7 @@ def restore_plasticity(
     plan = STRATEGIES.get(opts.strategy)(opts)
     if plan is None or (isinstance(plan.scope, Mapping) and not plan.scope):
         return ReinitReport(opts.strategy, opts.to_dict())  # auto-scope chose no layer: do no harm
-    return _run(model, data, validate(plan))
+    return _run(model, data, validate(plan), protect or {})
 
 
 def utility_scores(model: nn.Module, data: Iterable, utility: str = "taylor", *, level: str = "weight",
@@ -64,20 +67,39 @@ def utility_scores(model: nn.Module, data: Iterable, utility: str = "taylor", *,
     return dict(zip(target.layers, scored.scores, strict=True))
 
 
-def _select(target: Target, scored: Scored, o: Options) -> list[Tensor]:
+def _eligible(target: Target, scored: Scored, protect: Mapping[str, Tensor]) -> list[Tensor] | None:
+    """Per layer, the entries (or units) that `protect` leaves selectable; None when it protects nothing."""
+    if not any(f"{n}.weight" in protect for n in target.layers):
+        return None
+    out = []
+    for name, scores in zip(target.layers, scored.scores, strict=True):
+        mask = protect.get(f"{name}.weight")
+        if mask is None:
+            out.append(torch.ones_like(scores, dtype=torch.bool))
+            continue
+        mask = mask.to(scores.device)
+        if scored.levels[name] == "unit":  # a unit's rows reset whole (zeroed outgoing columns do not count)
+            um = scored.unit_maps[name]
+            mask = group_by_unit(mask.flatten(1).all(1).float(), um.rows, um.n_units, reduce="sum") > 0
+        out.append(~mask)
+    return out
+
+
+def _select(target: Target, scored: Scored, o: Options, protect: Mapping[str, Tensor]) -> list[Tensor]:
     spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks,
-                          normalize_layers=not scored.utility.network_scale)
+                          normalize_layers=not scored.utility.network_scale,
+                          eligible=_eligible(target, scored, protect))
     return SELECTIONS.get(o.selection)(scored.scores, spec)
 
 
-def _run(model: nn.Module, data: Iterable, o: Options) -> ReinitReport:
+def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Tensor]) -> ReinitReport:
     start = perf_counter()
     data = Replay(data, o.batches)  # read once: the utility pass and the BatchNorm pass share the batches
     target = resolve_target(model, o)
     score_gen, value_gen = generators(o.seed)
     scored, seconds = score(model, data, target, o, score_gen)
     t_select = perf_counter()
-    masks = _select(target, scored, o)
+    masks = _select(target, scored, o, protect)
     modules = dict(model.named_modules())
     edits = expand(target.layers, masks, scored.levels, scored.unit_maps, modules, o.zero_outgoing)
     params = dict(model.named_parameters())

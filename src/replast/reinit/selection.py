@@ -3,6 +3,8 @@
 Counts are exact: per-layer and global take the k = round(p·n) lowest scores with `topk`, so ties
 never change the count. `threshold` and `global` compare scores normalized by the layer mean (`global`
 ranks them as they are when `normalize_layers` is off: utilities whose scale is the network's, SNIP).
+`eligible` (one bool mask per layer, or None for all) keeps entries out of every selection: they are never
+chosen, and the counts and layer means are taken as before (so fewer may be chosen; CBP's maturity).
 top-layers / bottom-layers ignore scores and take whole blocks (see `blocks`).
 """
 
@@ -31,6 +33,20 @@ class SelectionInput:
     blocks: Sequence[int] = ()
     n_blocks: int = 1
     normalize_layers: bool = True
+    eligible: Sequence[Tensor] | None = None
+
+    def allowed(self, masks: list[Tensor]) -> list[Tensor]:
+        """`masks` without the entries that are not eligible."""
+        if self.eligible is None:
+            return masks
+        return [m & e.to(m.device) for m, e in zip(masks, self.eligible, strict=True)]
+
+    def ranked(self, scores: Sequence[Tensor]) -> list[Tensor]:
+        """`scores` with ineligible entries last in any ranking (then dropped by `allowed`)."""
+        if self.eligible is None:
+            return list(scores)
+        return [s.float().masked_fill(~e.to(s.device), float("inf")) for s, e in zip(scores, self.eligible,
+                                                                                    strict=True)]
 
 
 def count(fraction: float, n: int) -> int:
@@ -57,28 +73,29 @@ def normalized(scores: Tensor) -> Tensor:
 @register_selection("per-layer")
 def per_layer(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """the fraction p (per layer, from scope) of lowest scores of each layer"""
-    return [lowest(s, count(p, s.numel())) for s, p in zip(scores, spec.fractions, strict=True)]
+    ranked = spec.ranked(scores)
+    return spec.allowed([lowest(s, count(p, s.numel())) for s, p in zip(ranked, spec.fractions, strict=True)])
 
 
 @register_selection("global")
 def global_(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """the fraction p of lowest layer-normalized scores over all layers together"""
     scale = normalized if spec.normalize_layers else Tensor.float
-    flat = torch.cat([scale(s).flatten().to(scores[0].device) for s in scores])
+    flat = torch.cat([s.flatten().to(scores[0].device) for s in spec.ranked([scale(s) for s in scores])])
     mask = lowest(flat, count(spec.fraction, flat.numel()))
     parts = mask.split([s.numel() for s in scores])
-    return [m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)]
+    return spec.allowed([m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)])
 
 
 @register_selection("threshold")
 def threshold(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """every score with score / layer mean <= tau (ReDo)"""
-    return [normalized(s) <= spec.threshold for s in scores]
+    return spec.allowed([normalized(s) <= spec.threshold for s in scores])
 
 
 def _blocks(scores: Sequence[Tensor], chosen: set[int], spec: SelectionInput) -> list[Tensor]:
     ids = spec.blocks
-    return [torch.full_like(s, b in chosen, dtype=torch.bool) for s, b in zip(scores, ids, strict=True)]
+    return spec.allowed([torch.full_like(s, b in chosen, dtype=torch.bool) for s, b in zip(scores, ids, strict=True)])
 
 
 @register_selection("top-layers")
