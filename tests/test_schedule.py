@@ -26,3 +26,17 @@ def test_every_k_reapplies_with_the_previous_masks_protected(cli, tiny_run_args,
     assert any(mask.any() for mask in calls[0][0].values())  # the reset before training
     for (protect, _), (_, previous) in zip(calls[1:], calls, strict=False):
         assert protect is previous
+
+
+def test_every_k_protects_nothing_for_other_strategies(cli, tiny_run_args, monkeypatch) -> None:
+    protects = []
+    real = schedule.restore_plasticity
+
+    def spy(*args, **options):
+        protects.append(options["protect"])
+        return real(*args, **options)
+
+    monkeypatch.setattr(schedule, "restore_plasticity", spy)
+    code, _, err = cli("finetune", *tiny_run_args, "--reinit.strategy", "shrink-perturb", "--reinit.schedule", "every:4")
+    assert code == 0, err
+    assert protects and all(p is None for p in protects)  # whole-network strategies re-apply in full every time

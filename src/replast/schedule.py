@@ -30,8 +30,10 @@ def attach(trainer: Any, report: Any, batches: list) -> None:
         if not schedule.due(step):
             return
         model = unwrap_model(trainer.model)
-        # what the last application reset is K steps old: not yet eligible (CBP's maturity threshold)
-        again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, protect=previous, **options)
+        # continual backprop: what the last application reset is K steps old, not yet mature (other strategies
+        # re-apply as they are: whole-network ones would otherwise reset nothing every second time)
+        protect = previous if options["strategy"] == "cbp" else None
+        again = restore_plasticity(model, batches, seed=trainer.cfg.seed + step, protect=protect, **options)
         previous = again.masks
         clear_optimizer_state(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
                               else trainer.optimizer, again.masks, model=model)
