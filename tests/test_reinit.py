@@ -169,12 +169,12 @@ def test_zero_size_layers_are_not_eligible(options: dict) -> None:
 def test_ineligible_entries_are_never_chosen() -> None:
     scores = [torch.tensor([1.0, 2.0, 3.0, 4.0])]
     spec = SelectionInput([0.5], 0.5, threshold=0.5, eligible=[torch.tensor([False, True, True, True])])
-    assert per_layer(scores, spec)[0].tolist() == [False, True, True, False]  # the next-lowest instead
-    assert global_(scores, spec)[0].tolist() == [False, True, True, False]
+    assert spec.allowed(per_layer(scores, spec))[0].tolist() == [False, True, True, False]  # the next-lowest
+    assert spec.allowed(global_(scores, spec))[0].tolist() == [False, True, True, False]
     few = SelectionInput([0.5], 0.5, eligible=[torch.tensor([False, False, False, True])])
-    assert per_layer(scores, few)[0].tolist() == [False, False, False, True]  # fewer than round(p·n) left
+    assert few.allowed(per_layer(scores, few))[0].tolist() == [False, False, False, True]  # fewer than round(p·n)
     low = [torch.tensor([0.0, 1.0, 1.0, 2.0])]  # normalized as before (layer mean 1): only entry 0 <= 0.5
-    assert not threshold(low, spec)[0].any()
+    assert not spec.allowed(threshold(low, spec))[0].any()
 
 
 @pytest.mark.parametrize("options", [{"strategy": "cbp", "fraction": 0.3},

@@ -89,7 +89,7 @@ def _select(target: Target, scored: Scored, o: Options, protect: Mapping[str, Te
     spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks,
                           normalize_layers=not scored.utility.network_scale,
                           eligible=_eligible(target, scored, protect))
-    return SELECTIONS.get(o.selection)(scored.scores, spec)
+    return spec.allowed(SELECTIONS.get(o.selection)(scored.scores, spec))  # every selection, registered ones too
 
 
 def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Tensor]) -> ReinitReport:

@@ -3,8 +3,9 @@
 Counts are exact: per-layer and global take the k = round(p·n) lowest scores with `topk`, so ties
 never change the count. `threshold` and `global` compare scores normalized by the layer mean (`global`
 ranks them as they are when `normalize_layers` is off: utilities whose scale is the network's, SNIP).
-`eligible` (one bool mask per layer, or None for all) keeps entries out of every selection: they are never
-chosen, and the counts and layer means are taken as before (so fewer may be chosen; CBP's maturity).
+`eligible` (one bool mask per layer, or None for all): per-layer and global rank ineligible entries last
+(`ranked`), counts and layer means as before; the engine then drops them from any selection's masks
+(`allowed`), so fewer may be chosen (CBP's maturity).
 top-layers / bottom-layers ignore scores and take whole blocks (see `blocks`).
 """
 
@@ -74,7 +75,7 @@ def normalized(scores: Tensor) -> Tensor:
 def per_layer(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """the fraction p (per layer, from scope) of lowest scores of each layer"""
     ranked = spec.ranked(scores)
-    return spec.allowed([lowest(s, count(p, s.numel())) for s, p in zip(ranked, spec.fractions, strict=True)])
+    return [lowest(s, count(p, s.numel())) for s, p in zip(ranked, spec.fractions, strict=True)]
 
 
 @register_selection("global")
@@ -84,18 +85,18 @@ def global_(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     flat = torch.cat([s.flatten().to(scores[0].device) for s in spec.ranked([scale(s) for s in scores])])
     mask = lowest(flat, count(spec.fraction, flat.numel()))
     parts = mask.split([s.numel() for s in scores])
-    return spec.allowed([m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)])
+    return [m.view(s.shape).to(s.device) for m, s in zip(parts, scores, strict=True)]
 
 
 @register_selection("threshold")
 def threshold(scores: Sequence[Tensor], spec: SelectionInput) -> list[Tensor]:
     """every score with score / layer mean <= tau (ReDo)"""
-    return spec.allowed([normalized(s) <= spec.threshold for s in scores])
+    return [normalized(s) <= spec.threshold for s in scores]
 
 
 def _blocks(scores: Sequence[Tensor], chosen: set[int], spec: SelectionInput) -> list[Tensor]:
     ids = spec.blocks
-    return spec.allowed([torch.full_like(s, b in chosen, dtype=torch.bool) for s, b in zip(scores, ids, strict=True)])
+    return [torch.full_like(s, b in chosen, dtype=torch.bool) for s, b in zip(scores, ids, strict=True)]
 
 
 @register_selection("top-layers")
