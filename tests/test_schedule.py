@@ -40,3 +40,19 @@ def test_every_k_protects_nothing_for_other_strategies(cli, tiny_run_args, monke
     code, _, err = cli("finetune", *tiny_run_args, "--reinit.strategy", "shrink-perturb", "--reinit.schedule", "every:4")
     assert code == 0, err
     assert protects and all(p is None for p in protects)  # whole-network strategies re-apply in full every time
+
+
+def test_every_k_reuses_the_layers_scope_auto_chose(cli, tiny_run_args, tmp_path, monkeypatch) -> None:
+    scopes = []
+    real = schedule.restore_plasticity
+
+    def spy(*args, **options):
+        scopes.append(options["scope"])
+        return real(*args, **options)
+
+    monkeypatch.setattr(schedule, "restore_plasticity", spy)
+    code, _, err = cli("finetune", *tiny_run_args, "--reinit.strategy", "targeted", "--reinit.scope", "auto",
+                       "--reinit.schedule", "every:4")
+    assert code == 0, err
+    chosen = json.loads((tmp_path / "run" / "autoscope.json").read_text())["fractions"]
+    assert scopes and all(scope == chosen for scope in scopes)

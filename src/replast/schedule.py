@@ -16,6 +16,8 @@ from replast.train import unwrap_model
 def attach(trainer: Any, report: Any, batches: list) -> None:
     """Scale the updates of the entries `report` reset, and re-apply the strategy on schedule."""
     options = asdict(trainer.cfg.reinit)
+    # scope auto was resolved to {layer: fraction} before training: re-apply within the same layers
+    options["scope"] = report.options.get("scope", options["scope"])
     schedule = ReinitSchedule.parse(options["schedule"])
     trainer.reinit_events = []
     if options["lr_scale"] != 1.0:
