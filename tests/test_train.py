@@ -75,9 +75,17 @@ def _wait_for_epochs(out: Path, process: subprocess.Popen, epochs: int, timeout:
     raise AssertionError("run did not reach the epoch in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_identical_result(tmp_path, sig):
-    args = [*BASE, "--epochs", "4", "--reinit.strategy", "targeted", "--reinit.batches", "2"]
+CONTINUAL = ["--reinit.strategy", "cbp", "--reinit.schedule", "every:3", "--reinit.lr_scale", "3",
+             "--reinit.lr_warmup_steps", "5"]
+
+
+@pytest.mark.parametrize(("sig", "reinit"), [(signal.SIGKILL, ["--reinit.strategy", "targeted"]),
+                                             (signal.SIGTERM, ["--reinit.strategy", "targeted"]),
+                                             (signal.SIGTERM, CONTINUAL)], ids=["kill", "term", "term-every-k"])
+def test_killed_run_resumes_to_the_identical_result(tmp_path, sig, reinit):
+    # every:K also resumes its state: the last application's masks (cbp protects them, lr_scale scales
+    # them), the warm-up position and the events so far
+    args = [*BASE, "--epochs", "4", *reinit, "--reinit.batches", "2"]
     replast(*args, "--out", tmp_path / "straight")
     process = _start(args, tmp_path / "killed")
     _wait_for_epochs(tmp_path / "killed", process, 1)
@@ -90,6 +98,9 @@ def test_killed_run_resumes_to_the_identical_result(tmp_path, sig):
     replast(*args, "--out", tmp_path / "killed", "--resume", "true")
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
     assert metrics(tmp_path / "straight")["test_acc"] == metrics(tmp_path / "killed")["test_acc"]
+    events = [[{k: e[k] for k in ("step", "n_reset")} for e in metrics(tmp_path / run)["reinit_events"]]
+              for run in ("straight", "killed")]
+    assert events[0] == events[1]
 
 
 def test_nonfinite_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):

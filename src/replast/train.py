@@ -175,6 +175,8 @@ class Trainer:
     settings: Any = None
     """The resolved optimizer settings (recorded in final.json)."""
     reinit_events: list[dict[str, Any]] = field(default_factory=list)
+    stateful: dict[str, Any] = field(default_factory=dict)
+    """Hook objects with state_dict()/load_state_dict(), checkpointed under their key (e.g. the re-init schedule)."""
     first_step_s: float | None = None
     """Wall time of the first step of this process (includes compilation with train.compile)."""
 
@@ -187,6 +189,7 @@ class Trainer:
             "train_state": self.state.to_dict(),
             "history": [dict(r) for r in self.state.history],
             "rng_cpu": torch.get_rng_state(),
+            **{key: hooks.state_dict() for key, hooks in self.stateful.items()},
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -207,6 +210,9 @@ class Trainer:
             state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]), float(ts["best_val_acc"]),
                                int(ts["best_epoch"]), list(ckpt.get("history", [])))
             torch.set_rng_state(ckpt["rng_cpu"])
+            for key, hooks in self.stateful.items():
+                if key in ckpt:  # absent in checkpoints written before it was recorded
+                    hooks.load_state_dict(ckpt[key])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
             why = " ".join(str(e).split())[:200] or type(e).__name__
             raise CheckpointError(f"checkpoint {path} does not match this model, optimizer or run ({why}); "
