@@ -53,6 +53,9 @@ def test_timm_resnet_and_convnext_rules() -> None:
     assert family_of(resnet)["layer4.1.conv2"] == "timm-resnet"
     assert _draw(resnet, "layer4.1.conv2").std().item() == pytest.approx(math.sqrt(2 / (9 * conv.out_channels)),
                                                                          rel=0.02)
+    se = timm.create_model("seresnet18", pretrained=False, num_classes=3)
+    bias = _draw(se, "layer1.0.se.fc1", "bias")  # timm leaves SE conv biases at PyTorch's default U(±1/√fan_in)
+    assert bias.any() and bias.abs().max() <= 1 / math.sqrt(se.layer1[0].se.fc1.in_channels)
     convnext = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
     for name in ("stages.3.blocks.0.conv_dw", "stages.3.blocks.0.mlp.fc1"):
         values = _draw(convnext, name)

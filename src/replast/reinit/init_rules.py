@@ -2,9 +2,9 @@
 
 A small rule table keyed by model family (found by walking each layer's ancestors' classes):
 torchvision MobileNetV2/V3 (conv kaiming-normal fan_out, linear N(0, 0.01)), torchvision and timm ResNet
-(conv kaiming-normal fan_out), timm EfficientNet/MobileNetV3 (`_init_weight_goog`), timm ViT (linear
-trunc-normal std .02), timm ConvNeXt (conv and linear trunc-normal std .02); biases zero. Anything else:
-PyTorch's `reset_parameters()` rule.
+(conv weights kaiming-normal fan_out, the rest PyTorch's default), timm EfficientNet/MobileNetV3
+(`_init_weight_goog`), timm ViT (linear trunc-normal std .02), timm ConvNeXt (conv and linear trunc-normal
+std .02); their biases zero. Anything else: PyTorch's `reset_parameters()` rule.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def _mobilenet(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
 
 
 def _resnet(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
-    if isinstance(module, nn.Linear):
+    # Both ResNets re-draw only conv weights (kaiming-normal fan_out); linears and conv biases (timm's SE
+    # convs; torchvision's convs have none) keep PyTorch's default.
+    if isinstance(module, nn.Linear) or param == "bias":
         return _torch_default(module, param, g)
     return _mobilenet(module, param, g)
 
@@ -119,7 +121,7 @@ def _fallback(module: nn.Module, param: str, g: torch.Generator) -> Tensor:
 RULES: dict[str, Callable[[nn.Module, str, torch.Generator], Tensor]] = {
     "torchvision-mobilenet": _mobilenet,
     "torchvision-resnet": _resnet,
-    "timm-resnet": _resnet,  # timm's init_weights: the same kaiming-normal fan_out convs, default linear
+    "timm-resnet": _resnet,  # timm's init_weights: the same kaiming-normal fan_out conv weights, nothing else
     "timm-convnext": _convnext,
     "timm-goog": _goog,
     "timm-vit": _vit,
