@@ -31,6 +31,16 @@ def test_plain_script_example_runs_on_a_plain_loader():
     assert namespace["report"].n_reset > 0
 
 
+def test_continual_example_runs_after_the_plain_script():
+    plain, continual = python_blocks()[1:3]
+    dataset = torch.utils.data.TensorDataset(torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    namespace = {"dataset": dataset}
+    exec(compile(plain.replace("my_dataset", "dataset"), "README.md", "exec"), namespace)
+    exec(compile(continual.replace("every:500", "every:1"), "README.md", "exec"), namespace)
+    events = namespace["continual"].events
+    assert [e["step"] for e in events] == [1, 2] and all(e["n_reset"] > 0 for e in events)
+
+
 def test_public_api_names_resolve():
     import replast
 

@@ -30,12 +30,14 @@ def test_callback_validates_options_at_construction() -> None:
         RestorePlasticity(fraction=2.0)
     with pytest.raises(ConfigError):
         RestorePlasticity(batches_from="test")
+    with pytest.raises(ConfigError):
+        RestorePlasticity(lr_scale=0)
+    with pytest.raises(ConfigError):
+        RestorePlasticity(schedule="every:0")
 
 
-def test_callback_reinitializes_at_fit_start() -> None:
+def _module_class(lr: float = 0.0) -> type:
     import lightning as L
-
-    from replast.integrations import RestorePlasticity
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -51,19 +53,69 @@ def test_callback_reinitializes_at_fit_start() -> None:
             return nn.functional.cross_entropy(self(batch[0]), batch[1])
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    return Module
+
+
+def _fit(module, callback, *, batches: int = 1, epochs: int = 1, ckpt_path=None, root=None):
+    import lightning as L
 
     torch.manual_seed(0)
-    module = Module()
-    before = {k: v.clone() for k, v in module.state_dict().items()}
     data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=batches, accelerator="cpu", logger=False,
+                        enable_checkpointing=root is not None, default_root_dir=root, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback])
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_callback_reinitializes_at_fit_start() -> None:
+    from replast.integrations import RestorePlasticity
+
+    torch.manual_seed(0)
+    module = _module_class()()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
     callback = RestorePlasticity(utility="taylor", fraction=0.5, num_batches=2)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[callback])
-    trainer.fit(module, loader)
+    _fit(module, callback)
     assert callback.report is not None and callback.report.n_reset == 16
     assert callback.report.n_batches == 2  # read from the train dataloader
     assert not torch.equal(module.seen[0], before["net.0.weight"])  # reset before the first step
     assert torch.equal(module.net[2].weight, before["net.2.weight"])  # the head alias found net.2
+    assert callback.continual is None  # one reset at the optimizer's rate: no per-step work
+
+
+def test_callback_scales_the_update_of_reset_entries() -> None:
+    from replast.integrations import RestorePlasticity
+
+    updates = []
+    for k in (1.0, 3.0):
+        torch.manual_seed(0)
+        module = _module_class(lr=0.1)()
+        callback = RestorePlasticity(utility="magnitude", fraction=0.5, num_batches=1, lr_scale=k)
+        _fit(module, callback, batches=2)
+        updates.append(module.seen[1] - module.seen[0])  # SGD's first step, same gradient in both fits
+        mask = callback.report.masks["net.0.weight"]
+    assert mask.any() and not mask.all()
+    torch.testing.assert_close(updates[1][mask], 3 * updates[0][mask])
+    torch.testing.assert_close(updates[1][~mask], updates[0][~mask], rtol=0, atol=0)
+
+
+def test_callback_reapplies_every_k_steps_and_resumes_without_a_second_reset(tmp_path) -> None:
+    from replast.integrations import RestorePlasticity
+
+    torch.manual_seed(0)
+    module = _module_class(lr=0.1)()
+    callback = RestorePlasticity(strategy="cbp", fraction=0.25, num_batches=1, schedule="every:2")
+    trainer = _fit(module, callback, batches=4, root=tmp_path)
+    assert [e["step"] for e in callback.continual.events] == [2, 4]
+    assert all(e["n_reset"] > 0 for e in callback.continual.events)
+    checkpoint = trainer.checkpoint_callback.best_model_path
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]["net.0.weight"]
+
+    resumed = _module_class(lr=0.1)()
+    again = RestorePlasticity(strategy="cbp", fraction=0.25, num_batches=1, schedule="every:2")
+    _fit(resumed, again, batches=4, epochs=2, ckpt_path=checkpoint, root=tmp_path)
+    assert again.report is None and torch.equal(resumed.seen[0], saved)  # the checkpoint's weights, no reset
+    assert [e["step"] for e in again.continual.events] == [2, 4, 6, 8]  # the schedule continues

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import replast.schedule as schedule
+import replast.reinit.continual as schedule
 
 
 def test_every_k_reapplies_with_the_previous_masks_protected(cli, tiny_run_args, tmp_path, monkeypatch) -> None:

@@ -1,8 +1,9 @@
 """Lightning integration: `RestorePlasticity(**options)` re-initializes the LightningModule at fit start.
 
-    trainer = L.Trainer(callbacks=[RestorePlasticity(strategy="cbp", fraction=0.05)])
+    trainer = L.Trainer(callbacks=[RestorePlasticity(strategy="cbp", fraction=0.05, schedule="every:500")])
 Lightning is imported only when `RestorePlasticity` is first accessed, so this module imports
-without it. Options are those of `replast.reinit.restore_plasticity`, validated at construction.
+without it. Options are those of `replast.reinit.restore_plasticity` plus the trainer's `lr_scale`,
+`lr_warmup_steps` and `schedule` (run by `replast.reinit.Continual`), validated at construction.
 """
 
 from __future__ import annotations
@@ -37,13 +38,18 @@ def _build() -> type:
     from lightning.pytorch import Callback  # lazy: only Lightning users pay for the import
 
     from replast.reinit.api import restore_plasticity
+    from replast.reinit.continual import Continual
+    from replast.reinit.lr import ReinitSchedule
     from replast.reinit.options import make_options
 
     class RestorePlasticity(Callback):
-        """Apply `restore_plasticity` to the LightningModule once, at `on_fit_start`.
+        """Apply `restore_plasticity` to the LightningModule at `on_fit_start`; with `lr_scale` or
+        `schedule="every:K"`, scale the updates of the reset entries and re-apply every K optimizer steps.
 
         `batches_from` = "train" | "val" names the dataloader the utility pass reads, `num_batches`
-        how many of its batches (overrides `batches`). The report is kept as `self.report`.
+        how many of its batches (overrides `batches`). The report is kept as `self.report`. A fit resumed
+        from a checkpoint (`ckpt_path`) keeps the checkpoint's weights and continues the schedule from
+        the state saved with it.
         """
 
         def __init__(self, *, batches_from: str = "train", num_batches: int = 8, **options: Any) -> None:
@@ -51,12 +57,49 @@ def _build() -> type:
                 raise ConfigError(f"batches_from={batches_from!r}: valid: train, val")
             options["batches"] = num_batches
             make_options(**options)  # fail at construction, not an epoch later
+            lr_scale = options.get("lr_scale", 1.0)
+            if not isinstance(lr_scale, (int, float)) or lr_scale <= 0:
+                raise ConfigError(f"lr_scale={lr_scale!r}: use a number > 0 (1 = the optimizer's own rate)")
+            self.during_training = lr_scale != 1 or not ReinitSchedule.parse(options.get("schedule", "once")).once
             self.batches_from, self.num_batches, self.options = batches_from, num_batches, options
             self.report = None
+            self.continual: Continual | None = None
+            self._saved: dict[str, Any] | None = None
+            self._last_step = -1
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-            data = _batches(_source(trainer, self.batches_from), pl_module.device, self.num_batches)
-            self.report = restore_plasticity(pl_module, data, **self.options)
+            batches = list(_batches(_source(trainer, self.batches_from), pl_module.device, self.num_batches))
+            resuming = trainer.ckpt_path is not None  # the checkpoint's weights are already loaded: keep them
+            self.report = None if resuming else restore_plasticity(pl_module, batches, **self.options)
+            masks = self.report.masks if self.report is not None else {}
+            if not self.during_training:
+                return
+            if len(trainer.optimizers) != 1:
+                raise ConfigError(f"lr_scale and schedule need exactly one optimizer, the module has "
+                                  f"{len(trainer.optimizers)}; use them with a single optimizer")
+            self.continual = Continual(pl_module, trainer.optimizers[0], batches, masks, self.options)
+            if self._saved is not None:
+                self.continual.load_state_dict(self._saved)
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            if self.continual is not None and self.continual.scaler is not None:
+                self.continual.scaler.begin()  # gradients are ready, the update not yet applied
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if self.continual is None:
+                return
+            scaler = self.continual.scaler
+            if scaler is not None and scaler.pending:
+                scaler.finish()
+            if trainer.global_step != self._last_step:  # gradient accumulation: several batches per step
+                self._last_step = trainer.global_step
+                self.continual.after_step(trainer.global_step)
+
+        def state_dict(self) -> dict[str, Any]:
+            return self.continual.state_dict() if self.continual is not None else {}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self._saved = dict(state_dict) or None
 
     return RestorePlasticity
 

@@ -200,6 +200,7 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
     history = trainer.state.history
     epoch_times = [row["epoch_time_s"] for row in history]
     eval_times = [row["eval_time_s"] for row in history if "eval_time_s" in row]  # absent: resumed from before it
+    continual = trainer.stateful.get("reinit_schedule")
     return {
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_acc": trainer.state.best_val_acc,
@@ -215,7 +216,7 @@ def _final_record(cfg: FinetuneConfig, trainer: Trainer, test: dict, reinit, wal
         "reinit_time_s": reinit.total_time_s if reinit is not None else 0.0,
         "reinit_utility_time_s": reinit.utility_time_s if reinit is not None else 0.0,
         "reinit_fraction": reinit.n_reset / max(reinit.numel, 1) if reinit is not None else 0.0,
-        "reinit_events": trainer.reinit_events,
+        "reinit_events": continual.events if continual is not None else [],
         "mask_digests": getattr(reinit, "mask_digests", []),
         "optimizer": asdict(trainer.settings),
         "device": str(trainer.fabric.device),

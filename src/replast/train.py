@@ -174,7 +174,6 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
     settings: Any = None
     """The resolved optimizer settings (recorded in final.json)."""
-    reinit_events: list[dict[str, Any]] = field(default_factory=list)
     stateful: dict[str, Any] = field(default_factory=dict)
     """Hook objects with state_dict()/load_state_dict(), checkpointed under their key (e.g. the re-init schedule)."""
     first_step_s: float | None = None

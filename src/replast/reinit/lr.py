@@ -58,16 +58,29 @@ class UpdateScaler:
             return self.scale
         return 1.0 + (self.scale - 1.0) * min(1.0, (self.steps + 1) / self.warmup_steps)
 
+    def begin(self) -> None:
+        """Call right before the optimizer updates the parameters (gradients already computed)."""
+        self._old = {p: p.detach().clone() for p in self.masks} if self.scale != 1.0 else {}
+
+    @property
+    def pending(self) -> bool:
+        """True between begin() and finish()."""
+        return self._old is not None
+
     def __enter__(self) -> UpdateScaler:
-        active = self.scale != 1.0
-        self._old = {p: p.detach().clone() for p in self.masks} if active else {}
+        self.begin()
         return self
 
-    @torch.no_grad()
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        old, self._old = self._old or {}, None
         if exc_type is not None:
+            self._old = None
             return
+        self.finish()
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Call right after the optimizer's update: scales it for the reset entries."""
+        old, self._old = self._old or {}, None
         k = self.factor()
         for p, before in old.items():
             update = p.detach() - before
