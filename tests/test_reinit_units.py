@@ -236,6 +236,9 @@ def test_mobilenet_expand_unit_ties_depthwise_and_zeroes_project_columns() -> No
         masks["features.2.conv.1.1.weight"], units)
     assert torch.equal(masks["features.2.conv.2.weight"].flatten(1).any(0), units)  # outgoing columns
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-5)
+    reset = reports[0].reset_masks  # re-initialized only: the zeroed columns are not, the BatchNorms not here
+    assert set(reset) == {"features.2.conv.0.0.weight", "features.2.conv.1.0.weight"}
+    assert all(torch.equal(reset[n], masks[n]) for n in reset)
 
 
 def test_residual_outputs_fall_back_to_weight_level_with_a_note() -> None:

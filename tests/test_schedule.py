@@ -13,7 +13,7 @@ def test_every_k_reapplies_with_the_previous_masks_protected(cli, tiny_run_args,
 
     def spy(*args, **options):
         report = real(*args, **options)
-        calls.append((options["protect"], report.masks))
+        calls.append((options["protect"], report.reset_masks))
         return report
 
     monkeypatch.setattr(schedule, "restore_plasticity", spy)

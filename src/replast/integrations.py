@@ -71,13 +71,12 @@ def _build() -> type:
             batches = list(_batches(_source(trainer, self.batches_from), pl_module.device, self.num_batches))
             resuming = trainer.ckpt_path is not None  # the checkpoint's weights are already loaded: keep them
             self.report = None if resuming else restore_plasticity(pl_module, batches, **self.options)
-            masks = self.report.masks if self.report is not None else {}
             if not self.during_training:
                 return
             if len(trainer.optimizers) != 1:
                 raise ConfigError(f"lr_scale and schedule need exactly one optimizer, the module has "
                                   f"{len(trainer.optimizers)}; use them with a single optimizer")
-            self.continual = Continual(pl_module, trainer.optimizers[0], batches, masks, self.options)
+            self.continual = Continual(pl_module, trainer.optimizers[0], batches, self.report, self.options)
             if self._saved is not None:
                 self.continual.load_state_dict(self._saved)
 

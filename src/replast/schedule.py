@@ -17,7 +17,7 @@ def attach(trainer: Any, report: Any, batches: list) -> Continual | None:
     options = {**asdict(trainer.cfg.reinit), "seed": trainer.cfg.seed}
     # scope auto was resolved to {layer: fraction} before training: re-apply within the same layers
     options["scope"] = report.options.get("scope", options["scope"])
-    continual = Continual(unwrap_model(trainer.model), trainer.optimizer, batches, report.masks, options)
+    continual = Continual(unwrap_model(trainer.model), trainer.optimizer, batches, report, options)
     if not continual.active:
         return None
     trainer.stateful["reinit_schedule"] = continual  # checkpointed: a resume continues where it stopped

@@ -123,6 +123,7 @@ def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Ten
                           select_time_s=seconds["scoring"] + (t_bn - t_select), n_batches=scored.n_batches,
                           bn_recomputed={n: int(m.sum()) for n, m in stale.items()})
     report.masks = {n: written.get(n, torch.zeros_like(params[n], dtype=torch.bool)) for n in watched}
+    report.reset_masks = {n: edits.reset[n].expand_as(params[n]) for n in watched if n in edits.reset}
     report.rows = build_rows(target.layers, scored, o.level, report.masks, before, param_norms(params, watched),
                              edits.notes)
     return report

@@ -1,27 +1,29 @@
 """After the first reset: k× updates for the entries reset last, and the `every:K` re-application.
 
-    continual = Continual(model, optimizer, batches, report.masks, options)   # options as restore_plasticity's
+    continual = Continual(model, optimizer, batches, report, options)   # options as restore_plasticity's
     ...
     continual.step()            # instead of optimizer.step(): scales the update of the latest reset entries
     continual.after_step(step)  # after optimizer step `step` (1-based): re-applies the strategy when due
 
 Shared by the `replast finetune` trainer and the Lightning callback; `state_dict()` holds what a resume
 cannot rebuild from the options (the latest masks, the warm-up position, the applications so far).
+`report` (the first application's ReinitReport) may be None: nothing reset yet, e.g. a resumed fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from replast.reinit.api import restore_plasticity
 from replast.reinit.lr import ReinitSchedule, UpdateScaler, clear_optimizer_state
+from replast.reinit.report import ReinitReport
 
 
 class Continual:
-    def __init__(self, model: nn.Module, optimizer: Any, batches: list, masks: Mapping[str, Tensor],
+    def __init__(self, model: nn.Module, optimizer: Any, batches: Iterable, report: ReinitReport | None,
                  options: Mapping[str, Any]) -> None:
         self.model, self.optimizer, self.batches = model, optimizer, batches
         self.options = dict(options)
@@ -30,15 +32,15 @@ class Continual:
         self.seed = int(self.options.get("seed", 0))
         self.events: list[dict[str, Any]] = []
         self.scaler: UpdateScaler | None = None
-        self._use(dict(masks))
+        self._use(*((dict(report.masks), dict(report.reset_masks)) if report is not None else ({}, {})))
 
     @property
     def active(self) -> bool:
         """False for one reset at the optimizer's own learning rate: nothing to do during training."""
         return self.lr_scale != 1.0 or not self.schedule.once
 
-    def _use(self, masks: dict[str, Tensor]) -> None:
-        self.masks = masks
+    def _use(self, masks: dict[str, Tensor], reset: dict[str, Tensor]) -> None:
+        self.masks, self.reset = masks, reset  # everything written (scaled, state cleared); re-initialized
         if self.lr_scale != 1.0:
             self.scaler = UpdateScaler(self.optimizer, masks, self.lr_scale,
                                        int(self.options.get("lr_warmup_steps", 0)), model=self.model)
@@ -54,16 +56,17 @@ class Continual:
             return
         # continual backprop: what the last application reset is K steps old, not yet mature (other strategies
         # re-apply as they are: whole-network ones would otherwise reset nothing every second time)
-        protect = self.masks if self.options.get("strategy") == "cbp" else None
+        protect = self.reset if self.options.get("strategy") == "cbp" else None
         options = {**self.options, "seed": self.seed + step}
         again = restore_plasticity(self.model, self.batches, protect=protect, **options)
         clear_optimizer_state(getattr(self.optimizer, "optimizer", self.optimizer), again.masks, model=self.model)
         self.events.append({"step": step, "n_reset": again.n_reset, "time_s": again.total_time_s})
-        self._use(again.masks)
+        self._use(again.masks, again.reset_masks)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"events": [dict(e) for e in self.events]}
         state["masks"] = {name: mask.cpu() for name, mask in self.masks.items()}
+        state["reset"] = {name: mask.cpu() for name, mask in self.reset.items()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -72,6 +75,7 @@ class Continual:
         self.events = [dict(e) for e in state["events"]]
         if "masks" in state:
             params = dict(self.model.named_parameters())
-            self._use({name: mask.to(params[name].device) for name, mask in state["masks"].items()})
+            self._use(*({name: mask.to(params[name].device) for name, mask in state[key].items()}
+                        for key in ("masks", "reset")))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

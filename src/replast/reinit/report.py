@@ -1,6 +1,6 @@
 """ReinitReport: what a re-initialization changed, per layer and parameter, and what it cost.
 
-`.masks` ({param name: bool tensor}) stays in memory (never serialized); rows, options and timings
+`.masks` and `.reset_masks` ({param name: bool tensor}) stay in memory (never serialized); rows, options and timings
 go to `.to_dict()` / `.to_json()` / `.to_frame()` (pandas) and to OUT/reinit_report.json.
 """
 
@@ -50,6 +50,10 @@ class ReinitReport:
     """{BatchNorm name: channels whose running statistics were re-estimated}."""
     n_batches: int = 0
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    """Every entry written: new values, zeroed outgoing weights, reset BatchNorm channels."""
+    reset_masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    """Only the entries given new values by the scheme (what `protect` should hold: zeroed outgoing weights
+    were not re-initialized, though a depthwise filter can be zeroed whole)."""
 
     @property
     def n_reset(self) -> int:
