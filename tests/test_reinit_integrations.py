@@ -108,7 +108,7 @@ def test_callback_reapplies_every_k_steps_and_resumes_without_a_second_reset(tmp
     torch.manual_seed(0)
     module = _module_class(lr=0.1)()
     callback = RestorePlasticity(strategy="cbp", fraction=0.25, num_batches=1, schedule="every:2")
-    trainer = _fit(module, callback, batches=4, root=tmp_path)
+    trainer = _fit(module, callback, batches=4, root=tmp_path / "first")
     assert [e["step"] for e in callback.continual.events] == [2, 4]
     assert all(e["n_reset"] > 0 for e in callback.continual.events)
     checkpoint = trainer.checkpoint_callback.best_model_path
@@ -116,6 +116,6 @@ def test_callback_reapplies_every_k_steps_and_resumes_without_a_second_reset(tmp
 
     resumed = _module_class(lr=0.1)()
     again = RestorePlasticity(strategy="cbp", fraction=0.25, num_batches=1, schedule="every:2")
-    _fit(resumed, again, batches=4, epochs=2, ckpt_path=checkpoint, root=tmp_path)
+    _fit(resumed, again, batches=4, epochs=2, ckpt_path=checkpoint, root=tmp_path / "resumed")
     assert again.report is None and torch.equal(resumed.seen[0], saved)  # the checkpoint's weights, no reset
     assert [e["step"] for e in again.continual.events] == [2, 4, 6, 8]  # the schedule continues
