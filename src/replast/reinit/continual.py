@@ -23,6 +23,8 @@ from replast.reinit.report import ReinitReport
 
 
 class Continual:
+    """The latest application's masks, its update scaler and the schedule; `events` lists the re-applications."""
+
     def __init__(self, model: nn.Module, optimizer: Any, batches: Iterable, report: ReinitReport | None,
                  options: Mapping[str, Any]) -> None:
         self.model, self.optimizer, self.batches = model, optimizer, batches
