@@ -42,10 +42,11 @@ def restore_plasticity(
     utility, unit pairing or BatchNorm statistics need them). With `recompute_bn`, BatchNorm channels whose
     input the edit changed get running statistics re-estimated on those batches (`bn_stats`). Keyword names
     are the fields of ReinitConfig, so `restore_plasticity(model, loader, **asdict(cfg.reinit))` works;
-    lr_scale, lr_warmup_steps and schedule are accepted and ignored (the trainer uses them). The model's
-    train/eval modes and requires_grad flags are restored and its gradients cleared. `protect` ({param
-    name: bool mask}, e.g. an earlier report's `.masks`) keeps those entries from being chosen (a unit: when
-    its incoming rows were reset); `every:K` passes the previous application's masks (CBP's maturity).
+    lr_scale, lr_warmup_steps and schedule are accepted and ignored here (`Continual` runs them during
+    training). The model's train/eval modes and requires_grad flags are restored and its gradients cleared.
+    `protect` ({param name: bool mask}, e.g. an earlier report's `.reset_masks`) keeps those entries from
+    being chosen (a unit: when its incoming rows were reset); cbp's `every:K` passes the previous
+    application's (CBP's maturity).
     """
     opts = make_options(
         strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
