@@ -53,7 +53,7 @@ class ReinitReport:
     """Every entry written: new values, zeroed outgoing weights, reset BatchNorm channels."""
     reset_masks: dict[str, Tensor] = field(default_factory=dict, repr=False)
     """Only the entries given new values by the scheme (what `protect` should hold: zeroed outgoing weights
-    were not re-initialized, though a depthwise filter can be zeroed whole)."""
+    were not re-initialized)."""
 
     @property
     def n_reset(self) -> int:
