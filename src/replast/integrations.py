@@ -39,7 +39,6 @@ def _build() -> type:
 
     from replast.reinit.api import restore_plasticity
     from replast.reinit.continual import Continual
-    from replast.reinit.lr import ReinitSchedule
     from replast.reinit.options import make_options
 
     class RestorePlasticity(Callback):
@@ -60,7 +59,7 @@ def _build() -> type:
             lr_scale = options.get("lr_scale", 1.0)
             if not isinstance(lr_scale, (int, float)) or lr_scale <= 0:
                 raise ConfigError(f"lr_scale={lr_scale!r}: use a number > 0 (1 = the optimizer's own rate)")
-            self.during_training = lr_scale != 1 or not ReinitSchedule.parse(options.get("schedule", "once")).once
+            self.during_training = Continual.needed(options)
             self.batches_from, self.num_batches, self.options = batches_from, num_batches, options
             self.report = None
             self.continual: Continual | None = None

@@ -36,10 +36,15 @@ class Continual:
         self.scaler: UpdateScaler | None = None
         self._use(*((dict(report.masks), dict(report.reset_masks)) if report is not None else ({}, {})))
 
+    @staticmethod
+    def needed(options: Mapping[str, Any]) -> bool:
+        """False for one reset at the optimizer's own learning rate: nothing to do during training."""
+        return (float(options.get("lr_scale", 1.0)) != 1.0
+                or not ReinitSchedule.parse(options.get("schedule", "once")).once)
+
     @property
     def active(self) -> bool:
-        """False for one reset at the optimizer's own learning rate: nothing to do during training."""
-        return self.lr_scale != 1.0 or not self.schedule.once
+        return self.needed(self.options)
 
     def _use(self, masks: dict[str, Tensor], reset: dict[str, Tensor]) -> None:
         self.masks, self.reset = masks, reset  # everything written (scaled, state cleared); re-initialized
