@@ -99,6 +99,9 @@ def _build() -> type:
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             self._saved = dict(state_dict) or None
 
+    # Pickle finds the class as `replast.integrations.RestorePlasticity` (through __getattr__ below), so
+    # the callback travels to ddp_spawn workers and into deep copies like any module-level class.
+    RestorePlasticity.__qualname__ = "RestorePlasticity"
     return RestorePlasticity
 
 
