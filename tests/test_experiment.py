@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from replast import launchers
+from replast.config import FinetuneConfig
 from replast.errors import ConfigError, OutputError
 from replast.experiment import collect, config_hash, expand, load_study, progress_line, sweep
 from replast.store import RunRecord, merge
@@ -52,6 +53,14 @@ def test_hash_depends_on_content_not_key_order_or_output():
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash({**a, "seed": 2})
     assert len(config_hash(a)) == 12
+
+
+def test_hash_of_the_default_config_is_pinned_and_late_fields_count_only_when_set():
+    # Published run directories are named by this hash: a new config field must not rename them (LATE_FIELDS).
+    config = FinetuneConfig().to_dict()
+    assert config_hash(config) == "53f738c63f8c"
+    config["reinit"]["unpaired"] = "skip"
+    assert config_hash(config) != "53f738c63f8c"
 
 
 def test_grid_is_crossed_and_groups_expand_on_their_own():
@@ -158,7 +167,7 @@ def test_duplicates_run_once_with_a_warning(caplog):
 
 @pytest.mark.parametrize("name, runs", [("smoke", 4), ("demo", None), ("paper", 3105), ("options", 23 * 3),
                                         ("baseline_lr", 2 * 3 * 3 * 5 * 3), ("options_confirm", 4 * 5 * 2),
-                                        ("cpu", 10 * 3)])
+                                        ("cpu", 10 * 3), ("redo_unpaired", 6 * 5 * 3)])
 def test_shipped_studies_expand(name, runs):
     specs = expand(load_study(name))
     assert runs is None or len(specs) == runs
@@ -177,6 +186,13 @@ def test_paper_study_has_every_strategy_utility_and_fraction():
     assert {("none", "finetune"), ("none", "linear-probe"), ("reinit-all", "finetune"), ("redo", "finetune"),
             ("shrink-perturb", "finetune"), ("reinit-top-layers", "finetune")} <= strategies
     assert {s.config["seed"] for s in specs} == set(range(5))
+
+
+def test_redo_unpaired_study_reuses_the_paper_studys_runs():
+    paper = {s.hash for s in expand(load_study("paper"))}
+    specs = expand(load_study("redo_unpaired"))
+    new = [s for s in specs if s.hash not in paper]
+    assert len(new) == 30 and all(s.config["reinit"]["unpaired"] == "skip" for s in new)
 
 
 # ---- parts of a study (--only) --------------------------------------------------------------------

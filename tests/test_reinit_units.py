@@ -5,6 +5,7 @@ known answers for the row / channel / unit helpers."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -253,6 +254,61 @@ def test_residual_outputs_fall_back_to_weight_level_with_a_note() -> None:
     assert project.level == "weight" and project.note == "fell back to weight level: residual add"
     assert project.n_reset == round(0.1 * project.numel)
     assert rows["features.3.conv.0.0.weight"].level == "unit"
+
+
+class _Residual(nn.Module):
+    """`a` pairs with `b`; `b` feeds a residual add, so its units cannot be paired."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(torch.relu(self.a(x))) + x)
+
+
+def test_unpaired_skip_leaves_unpaired_layers_alone() -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 6), torch.tensor([0, 1] * 4))]
+    options = {"utility": "magnitude", "level": "unit", "selection": "global", "fraction": 0.5}
+    model = _Residual()
+    before = copy.deepcopy(model.state_dict())
+    report = restore_plasticity(model, data, unpaired="skip", **options)
+    rows = {r.param: r for r in report.rows}
+    assert rows["b.weight"].n_reset == 0 and rows["b.weight"].note == "left alone, units not paired: residual add"
+    assert torch.equal(model.b.weight, before["b.weight"]) and torch.equal(model.b.bias, before["b.bias"])
+    # `global` ranks only the layers that take part: half of a's 6 units, the lowest by magnitude
+    chosen = report.masks["a.weight"].all(1)
+    assert int(chosen.sum()) == 3
+    assert torch.equal(chosen, before["a.weight"].abs().mean(1) <= before["a.weight"].abs().mean(1).median())
+    fallback = restore_plasticity(_Residual(), data, **options)  # the default scores b at weight level
+    assert {r.param: r for r in fallback.rows}["b.weight"].n_reset > 0
+
+
+def test_unpaired_skip_makes_redo_independent_of_the_new_values_on_mobilenetv2() -> None:
+    """With every reset unit's outgoing weights zeroed, the output cannot depend on the fresh values (the
+    seed); the weight-level fallback resets projection rows whose outgoing weights stay, so there it does."""
+    import torchvision
+
+    torch.manual_seed(0)
+    base = torchvision.models.mobilenet_v2(weights=None, num_classes=3).eval()
+    data = _images(n=4, size=32)
+    x = data[0][0]
+    outs: dict[str, list[torch.Tensor]] = {"skip": [], "weight": []}
+    for unpaired, seed in itertools.product(outs, (0, 1)):
+        model = copy.deepcopy(base)
+        report = restore_plasticity(model, data, strategy="redo", threshold=0.5, exclude=("classifier",),
+                                    unpaired=unpaired, seed=seed)
+        outs[unpaired].append(_outputs(model, x))
+        assert sum(r.n_reset for r in report.rows if r.level == "unit") > 0
+        skipped = [r.param for r in report.rows if r.note.startswith("left alone")]
+        if unpaired == "skip":  # projections may still lose the columns of reset units, but no row
+            assert "features.18.0.weight" in skipped
+            assert not any(report.reset_masks[p].any() for p in skipped if p in report.reset_masks)
+        else:
+            assert not skipped
+    torch.testing.assert_close(outs["skip"][0], outs["skip"][1], rtol=0, atol=1e-5)
+    assert (outs["weight"][0] - outs["weight"][1]).abs().max() > 1e-3
 
 
 def test_efficientnet_pairs_stem_through_the_depthwise_conv() -> None:

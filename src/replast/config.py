@@ -78,6 +78,10 @@ class ReinitConfig:
     """Reset single weights, or whole units (neuron / filter / attention head) with their in/out weights."""
     zero_outgoing: bool = False
     """Unit level: zero the outgoing weights of reset units, so the network's function is unchanged at step 0."""
+    unpaired: Literal["weight", "skip"] = "weight"
+    """Unit level, layers whose units cannot be paired with their outgoing weights (e.g. a unit feeding a
+    residual add): weight (score them at their own output, reset whole rows, outgoing weights untouched) or
+    skip (leave them alone, as ReDo's and continual backprop's reference implementations do)."""
     batches: int = 8
     """Training batches used to compute utilities."""
     lr_scale: float = 1.0

@@ -32,7 +32,7 @@ def restore_plasticity(
     model: nn.Module, data: Iterable, /, strategy: str = "targeted", utility: str = "taylor",
     selection: str = "per-layer", fraction: float = 0.1, scheme: str = "init",
     exclude: str | Sequence[str] = ("head",), seed: int = 0, *, threshold: float = 0.1, layers: int = 1,
-    level: str = "weight", zero_outgoing: bool = False, batches: int = 8, shrink: float = 0.4,
+    level: str = "weight", zero_outgoing: bool = False, unpaired: str = "weight", batches: int = 8, shrink: float = 0.4,
     perturb: float = 0.1, scope: str | Mapping[str, float] = "all", include: str | Sequence[str] = (),
     recompute_bn: bool = True, protect: Mapping[str, Tensor] | None = None, **options: Any,
 ) -> ReinitReport:
@@ -50,8 +50,8 @@ def restore_plasticity(
     """
     opts = make_options(
         strategy=strategy, utility=utility, selection=selection, fraction=fraction, scheme=scheme, exclude=exclude,
-        seed=seed, threshold=threshold, layers=layers, level=level, zero_outgoing=zero_outgoing, batches=batches,
-        shrink=shrink, perturb=perturb, scope=scope, include=include, recompute_bn=recompute_bn, **options)
+        seed=seed, threshold=threshold, layers=layers, level=level, zero_outgoing=zero_outgoing, unpaired=unpaired,
+        batches=batches, shrink=shrink, perturb=perturb, scope=scope, include=include, recompute_bn=recompute_bn, **options)
     plan = STRATEGIES.get(opts.strategy)(opts)
     if plan is None or (isinstance(plan.scope, Mapping) and not plan.scope):
         return ReinitReport(opts.strategy, opts.to_dict())  # auto-scope chose no layer: do no harm
@@ -87,10 +87,20 @@ def _eligible(target: Target, scored: Scored, protect: Mapping[str, Tensor]) -> 
 
 
 def _select(target: Target, scored: Scored, o: Options, protect: Mapping[str, Tensor]) -> list[Tensor]:
-    spec = SelectionInput(target.fractions, o.fraction, o.threshold, o.layers, target.blocks, target.n_blocks,
-                          normalize_layers=not scored.utility.network_scale,
-                          eligible=_eligible(target, scored, protect))
-    return spec.allowed(SELECTIONS.get(o.selection)(scored.scores, spec))  # every selection, registered ones too
+    """Masks of every target layer; skipped layers (unpaired='skip') take no part, so `global` ranks the rest."""
+    kept = [i for i, n in enumerate(target.layers) if n not in scored.skipped]
+
+    def only_kept(per_layer: Sequence[Any]) -> list[Any]:
+        return [per_layer[i] for i in kept]
+
+    eligible = _eligible(target, scored, protect)
+    spec = SelectionInput(only_kept(target.fractions), o.fraction, o.threshold, o.layers, only_kept(target.blocks),
+                          target.n_blocks, normalize_layers=not scored.utility.network_scale,
+                          eligible=None if eligible is None else only_kept(eligible))
+    # every selection, registered ones too, goes through `allowed`
+    chosen = iter(spec.allowed(SELECTIONS.get(o.selection)(only_kept(scored.scores), spec)))
+    return [torch.zeros_like(s, dtype=torch.bool) if n in scored.skipped else next(chosen)
+            for n, s in zip(target.layers, scored.scores, strict=True)]
 
 
 def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Tensor]) -> ReinitReport:

@@ -87,6 +87,7 @@ class Scored:
     levels: dict[str, str]
     scores: list[Tensor]
     n_batches: int
+    skipped: frozenset[str] = frozenset()  # unit level, unpaired='skip': layers left alone
 
 
 def score(model: nn.Module, data: Iterable, target: Target, o: Options,
@@ -108,7 +109,9 @@ def score(model: nn.Module, data: Iterable, target: Target, o: Options,
         stats = collect(model, stream, weights, sites, utility.needs_grad, o.batches)
     utility_s = perf_counter() - start
     levels = {n: "unit" if o.level == "unit" and unit_maps[n].paired else "weight" for n in target.layers}
+    skipped = frozenset(n for n in target.layers if o.level == "unit" and o.unpaired == "skip"
+                        and not unit_maps[n].paired)
     scores = score_layers(model, target.layers, unit_maps, stats, utility, levels, generator)
     n = stats.n_batches if stats else 0
-    return Scored(utility, unit_maps, levels, scores, n), {"utility": utility_s,
+    return Scored(utility, unit_maps, levels, scores, n, skipped), {"utility": utility_s,
                                                           "scoring": perf_counter() - start - utility_s}

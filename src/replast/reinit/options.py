@@ -34,6 +34,7 @@ class Options:
     layers: int = 1
     level: str = "weight"
     zero_outgoing: bool = False
+    unpaired: str = "weight"
     batches: int = 8
     shrink: float = 0.4
     perturb: float = 0.1
@@ -72,6 +73,8 @@ def _range_errors(o: Options) -> list[str]:
         errors.append(f"shrink={o.shrink} and perturb={o.perturb} must be >= 0")
     if o.level not in ("weight", "unit"):
         errors.append(f"level={o.level!r}: valid: unit, weight")
+    if o.unpaired not in ("weight", "skip"):
+        errors.append(f"unpaired={o.unpaired!r}: valid: skip, weight")
     if isinstance(o.scope, Mapping):
         bad = {k: v for k, v in o.scope.items() if not (_is_number(v) and 0.0 <= v <= 1.0)}
         if bad:

@@ -22,7 +22,9 @@ def param_norms(params: Mapping[str, Tensor], names: Sequence[str]) -> dict[str,
 def _note(layer: str, scored: Scored, level: str, because: set[str] | None) -> str:
     parts = []
     um = scored.unit_maps.get(layer)
-    if level == "unit" and um is not None and not um.paired:
+    if layer in scored.skipped:
+        parts.append(f"left alone, units not paired: {um.reason}")
+    elif level == "unit" and um is not None and not um.paired:
         parts.append(f"fell back to weight level: {um.reason}")
     if because:
         parts.append(f"changed with units of {', '.join(sorted(because))}")
