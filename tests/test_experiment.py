@@ -365,6 +365,17 @@ def test_collect_rebuild_equals_the_incremental_store(fake_trainer, study_file, 
     assert sweep(study_file, collect_only=True).ok
 
 
+def test_collect_reads_a_field_added_later_as_its_default(fake_trainer, study_file, tmp_path):
+    out = tmp_path / "out"
+    sweep(study_file, only="seed=0")
+    config = next((out / "runs").glob("*/config.yaml"))
+    text = config.read_text()
+    assert "  unpaired: weight\n" in text
+    config.write_text(text.replace("  unpaired: weight\n", ""))  # as written before the field existed
+    results, _, _ = collect(out)
+    assert (results["reinit.unpaired"] == "weight").all()
+
+
 def test_collect_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(OutputError, match="no runs/ directory"):
         collect(tmp_path)
