@@ -88,7 +88,7 @@ FAKE_TRAINER = textwrap.dedent('''
     final = {"test_acc": acc, "test_balanced_acc": acc, "test_f1": acc, "test_loss": 1 - acc,
              "best_val_acc": acc, "best_epoch": cfg["epochs"], "final_val_acc": acc, "epochs": cfg["epochs"],
              "wall_time_s": 3.0, "reinit_time_s": 0.5, "epoch_time_s": 2.0,
-             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "threads": os.environ.get("OMP_NUM_THREADS", "")}
     write("final.json", json.dumps(final))
     status("finished")
 ''')

@@ -478,6 +478,18 @@ def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, 
     assert set(results["gpu"].astype(str)) == {"0", "1"}
 
 
+def test_local_jobs_share_the_cores_unless_the_user_set_threads(fake_trainer, study_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(launchers, "available_cpus", lambda: 5)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    sweep(study_file, jobs=2)
+    assert set(pd.read_csv(tmp_path / "out" / "results.csv")["threads"]) == {2}  # 5 cores // 2 jobs
+    sweep(study_file, out=tmp_path / "one", jobs=1)  # one job: torch's own default
+    assert pd.read_csv(tmp_path / "one" / "results.csv")["threads"].isna().all()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    sweep(study_file, out=tmp_path / "mine", jobs=2)
+    assert set(pd.read_csv(tmp_path / "mine" / "results.csv")["threads"]) == {3}
+
+
 def test_slurm_launcher_with_submitit_debug_executor(fake_trainer, study_file, tmp_path):
     summary = sweep(study_file, launcher="slurm", slurm={"cluster": "debug", "partition": "gpu", "time_min": 5})
     assert summary.ok and len(summary.finished) == 6

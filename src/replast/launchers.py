@@ -168,18 +168,37 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_share(n: int) -> dict[str, str]:
+    """OMP_NUM_THREADS for each of `n` runs at once: the cores split evenly. Each run would otherwise take
+    every core (n× oversubscribed, 2-3× slower on a 2-core CPU), and the thread count changes a run's
+    floating-point results, so `--jobs` would too. A user's OMP_NUM_THREADS is kept; one job keeps torch's
+    default."""
+    if n == 1 or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, available_cpus() // n))}
+
+
 def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = True, poll_s: float = 0.2) -> None:
-    """Run `jobs` with at most `n` at once; with several GPUs each slot gets its own CUDA_VISIBLE_DEVICES."""
+    """Run `jobs` with at most `n` at once, the cores shared between them; with several GPUs each slot gets
+    its own CUDA_VISIBLE_DEVICES."""
     if n < 1:
         raise ConfigError(f"jobs={n}: must be at least 1")
     gpus = visible_gpus() if pin_gpus else []
+    threads = thread_share(n)
     pending, running = deque(jobs), {}
     free = list(range(n))
     try:
         while pending or running:
             while pending and free:
                 slot, job = free.pop(0), pending.popleft()
-                env = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if len(gpus) > 1 else {}
+                env = {**threads, **({"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if len(gpus) > 1 else {})}
                 running[start(job.config, env)] = (job, slot)
             done = [p for p in running if p.poll() is not None]
             for proc in done:
