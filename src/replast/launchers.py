@@ -177,7 +177,7 @@ def available_cpus() -> int:
 
 def thread_share(n: int) -> dict[str, str]:
     """OMP_NUM_THREADS for each of `n` runs at once: the cores split evenly. Each run would otherwise take
-    every core (n× oversubscribed, 2-3× slower on a 2-core CPU), and the thread count changes a run's
+    every core (n× oversubscribed: half the speed for 2 jobs on 2 cores), and the thread count changes a run's
     floating-point results, so `--jobs` would too. A user's OMP_NUM_THREADS is kept; one job keeps torch's
     default."""
     if n == 1 or "OMP_NUM_THREADS" in os.environ:
