@@ -24,7 +24,7 @@ import yaml
 from replast import runfiles
 from replast.checkpoint import write_text
 from replast.errors import OutputError
-from replast.study import LATE_FIELDS, OPERATIONAL, config_keys, flatten
+from replast.study import OPERATIONAL, config_keys, flatten, late_field_defaults
 
 CURVE_KEYS = ("model", "weights", "data", "image_size", "train_fraction", "epochs", "seed", "train.mode",
               "reinit.strategy", "reinit.utility", "reinit.selection", "reinit.fraction", "reinit.level",
@@ -74,8 +74,7 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         row.update({k: _cell(v) for k, v in flatten(config).items() if k not in OPERATIONAL})
         # a run made before a field existed ran with what is now its default
-        row.update({f"{section}.{key}": default for (section, key), default in LATE_FIELDS.items()
-                    if f"{section}.{key}" not in row})
+        row.update({key: default for key, default in late_field_defaults().items() if key not in row})
     except (OSError, yaml.YAMLError, AttributeError) as e:
         problems.append(f"unreadable config.yaml ({type(e).__name__})")
     if (run_dir / "metrics.csv").exists():

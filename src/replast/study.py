@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 STUDY_KEYS = ("name", "description", "out", "base", "grid", "runs", "include")
 # Set per run by the sweep, so they never take part in a run's identity.
 OPERATIONAL = ("out", "overwrite", "resume")
-# Config fields added since the studies' runs were published, with their defaults: at the default they
-# leave a run's hash as it was, so published run directories still resume (docs/results/paper/runs*.tgz).
-LATE_FIELDS = {("reinit", "unpaired"): "weight"}
+# Config fields added since the studies' runs were published: at their default they leave a run's hash as
+# it was, so published run directories still resume (docs/results/paper/runs*.tgz).
+LATE_FIELDS = ("reinit.unpaired",)
 SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"  # packaged, so installs without the repo work
 # The command line's YAML reader: it reads 1e-4 as a number, where PyYAML's YAML 1.1 rules read text.
 read_yaml = get_loader("yaml")
@@ -99,6 +99,13 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 def config_keys() -> dict[str, Any]:
     """Every valid dotted config key with its default value."""
     return flatten(FinetuneConfig().to_dict())
+
+
+@functools.cache
+def late_field_defaults() -> dict[str, Any]:
+    """{dotted key: default} of LATE_FIELDS, read from the config classes."""
+    defaults = config_keys()
+    return {key: defaults[key] for key in LATE_FIELDS}
 
 
 def _key_error(key: str, where: str, keys: Mapping[str, Any]) -> str | None:
@@ -188,7 +195,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Short sha256 of the canonical JSON of a resolved config, ignoring out/overwrite/resume; a field added
     after run directories were published counts only when set away from its default (LATE_FIELDS)."""
     kept = {k: v for k, v in config.items() if k not in OPERATIONAL}
-    for (section, key), default in LATE_FIELDS.items():
+    for dotted, default in late_field_defaults().items():
+        section, _, key = dotted.partition(".")
         values = kept.get(section)
         if isinstance(values, Mapping) and values.get(key, default) == default:
             kept[section] = {k: v for k, v in values.items() if k != key}
