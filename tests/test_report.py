@@ -25,10 +25,10 @@ from replast.study import config_hash, unflatten
 
 CHROMIUM = "/usr/bin/chromium"
 BASE = {0: 0.80, 1: 0.82, 2: 0.84}  # test accuracy of `none` per seed
-# Extra accuracy per arm and seed: +5 pp for every seed, noise around 0, and a clear loss.
+# Extra accuracy per arm and seed: +5 pp on average (sd 1 pp), noise around 0, and a clear loss.
 ARMS = {
     "none": ({}, {0: 0.0, 1: 0.0, 2: 0.0}),
-    "targeted (fraction=0.1)": ({"reinit.strategy": "targeted", "reinit.fraction": 0.1}, {0: 0.05, 1: 0.05, 2: 0.05}),
+    "targeted (fraction=0.1)": ({"reinit.strategy": "targeted", "reinit.fraction": 0.1}, {0: 0.05, 1: 0.04, 2: 0.06}),
     "targeted (fraction=0.3)": ({"reinit.strategy": "targeted", "reinit.fraction": 0.3}, {0: 0.01, 1: -0.01, 2: 0.0}),
     "linear-probe": ({"train.mode": "linear-probe"}, {0: -0.20, 1: -0.18, 2: -0.22}),
 }
@@ -79,18 +79,21 @@ def test_arm_table_known_answers(study_out):
     table = summary[summary["condition"] == "br35h × mobilenetv2_100"].set_index("arm")
     assert list(table.index) == ["none", "linear-probe", "targeted (fraction=0.1)", "targeted (fraction=0.3)"]
     t01 = table.loc["targeted (fraction=0.1)"]
-    assert (t01["delta"], t01["delta_low"], t01["delta_high"]) == pytest.approx((0.05, 0.05, 0.05))
-    assert t01["p_holm"] == 0.0 and t01["n"] == 3
+    # differences 5, 4, 6 pp: mean 5, sd 1, t interval 5 ± t(0.975, 2) · 1 / √3 = 5 ± 2.4841; paired t p 0.013072,
+    # Holm over three arms: linear-probe's 0.003317 × 3 first, then 0.013072 × 2
+    assert (t01["delta"], t01["delta_low"], t01["delta_high"]) == pytest.approx((0.05, 0.025159, 0.074841), abs=1e-6)
+    assert t01["p_holm"] == pytest.approx(2 * 0.0130725, abs=1e-6) and t01["n"] == 3 and t01["pairs"] == 3
     assert table.loc["none", "acc"] == pytest.approx(0.82)
     # final validation accuracy (the last curve point) is shown beside test accuracy, for choosing settings
     assert table.loc["none", "val_acc"] == pytest.approx(0.82) and t01["val_acc"] == pytest.approx(0.87)
-    # baseline target = mean final val acc of none = 0.82: none reaches it at epoch 3 in 2 of 3 seeds;
-    # targeted 0.1 (curves 0.80/0.82/0.84, 0.85/0.87/0.89, ...) at epochs 2, 1, 1 -> speed-up 3 / (4/3)
+    # baseline target = mean final val acc of none = 0.82: none reaches it at epoch 3 in 2 of 3 seeds (median 3);
+    # targeted 0.1 (curves 0.80/0.85/0.85, 0.81/0.86/0.86, 0.85/0.90/0.90) at epochs 2, 2, 1 -> speed-up 3 / 2
     assert table.loc["none", "epochs_to_100"] == 3 and table.loc["none", "reached_100"] == 2
-    assert t01["epochs_to_100"] == pytest.approx(4 / 3) and t01["speedup"] == pytest.approx(2.25)
+    assert t01["epochs_to_100"] == 2 and t01["speedup"] == pytest.approx(1.5)
     assert t01["epochs_to_95"] == 1  # 0.95 * 0.82 = 0.779
     assert t01["overhead_pct"] == pytest.approx(25.0)
-    assert np.isnan(table.loc["linear-probe", "epochs_to_100"])
+    # never reached: later than any epoch, no speed-up
+    assert table.loc["linear-probe", "epochs_to_100"] == np.inf and np.isnan(table.loc["linear-probe", "speedup"])
     runs = pd.read_csv(study_out / "report" / "runs.csv")
     assert {"arm", "condition", "epochs_to_95", "epochs_to_100"} <= set(runs.columns) and len(runs) == 24
 
@@ -98,8 +101,8 @@ def test_arm_table_known_answers(study_out):
 def test_sentence_states_only_what_the_numbers_show(study_out):
     render(study_out)
     md = (study_out / "report.md").read_text()
-    assert "targeted (fraction=0.1) is higher than none by +5.0 pp (95% CI [+5.0, +5.0], Holm p < 0.001)" in md
-    assert "linear-probe is lower than none by -20.0 pp" in md
+    assert "targeted (fraction=0.1) is higher than none by 5.0 pp (95% CI [+2.5, +7.5], Holm p = 0.0261)" in md
+    assert "linear-probe is lower than none by 20.0 pp" in md
     assert "No significant difference from none for targeted (fraction=0.3)" in md
     assert md.count("Highest mean test accuracy: targeted (fraction=0.1) (87.0%, n=3).") == 2
 
@@ -132,16 +135,16 @@ def test_overview_leaves_out_conditions_without_a_baseline():
                              for arm, values in accs.items() for seed, acc in enumerate(values)])
         return Condition(title, runs, arm_table(runs), bool((runs["arm"] == "none").any()))
 
-    with_base = condition("a", {"none": [0.5, 0.6, 0.7], "x": [0.75, 0.85, 0.95]})
+    with_base = condition("a", {"none": [0.5, 0.6, 0.7], "x": [0.74, 0.85, 0.96]})
     without = condition("b", {"x": [0.1, 0.2, 0.3]})
     table = overview([with_base, without]).set_index("arm")
     assert list(table.index) == ["none", "x"]
     assert [c for c in table.columns if ":" in c and not c.startswith("pooled")] == ["delta:a", "significant:a"]
     assert table.loc["none", "delta:a"] == pytest.approx(0.6) and table.loc["x", "delta:a"] == pytest.approx(0.25)
     assert table.loc["x", ["higher", "lower"]].tolist() == [1, 0] and bool(table.loc["x", "significant:a"])
-    # pooled over the one condition with a baseline: 3 pairs of +0.25 (zero variance: p 0)
+    # pooled over the one condition with a baseline: 3 pairs of +0.24, +0.25, +0.26 (t = 43.3, 2 dof: p 0.00053)
     assert table.loc["x", "pooled_n"] == 3 and table.loc["x", "pooled_delta"] == pytest.approx(0.25)
-    assert table.loc["x", "pooled_p_holm"] == 0.0 and bool(table.loc["x", "pooled_significant"])
+    assert table.loc["x", "pooled_p_holm"] == pytest.approx(0.000533, abs=1e-5) and bool(table.loc["x", "pooled_significant"])
 
 
 def test_report_files_figures_and_failures(study_out):
@@ -336,15 +339,15 @@ def test_overview_across_conditions_known_answers(study_out):
     assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 |" in md
     assert "| targeted (fraction=0.3) | +0.0 | +0.0 | 0 | 0 |" in md
     assert "| linear-probe | -20.0* | -20.0* | 0 | 2 |" in md
-    # Pooled over both conditions: 6 pairs each. All six +5 pp (or all negative): Wilcoxon's smallest two-sided
-    # p, 2/2^6; Holm over the three arms (the third has p 1) → 3 × 2/64, so nothing pooled is starred.
-    assert table.loc["targeted (fraction=0.1)", ["pooled_n", "pooled_p"]].tolist() == [6, pytest.approx(2 / 64)]
+    # Pooled over both conditions: 6 pairs each. Targeted 0.1's +5, +4, +6 pp twice: mean 5, sd 0.8944, t = 13.69
+    # with 5 dof (p 3.73e-5), interval 5 ± 2.5706 · 0.8944 / √6 = 5 ± 0.9386; Holm × 2 (linear-probe's is smaller).
+    assert table.loc["targeted (fraction=0.1)", ["pooled_n", "pooled_p"]].tolist() == [6, pytest.approx(3.7265e-5, abs=1e-8)]
     assert table.loc["targeted (fraction=0.1)", "pooled_delta"] == pytest.approx(0.05)
     assert table.loc["linear-probe", "pooled_delta"] == pytest.approx(-0.20)
     assert table.loc["targeted (fraction=0.3)", "pooled_p"] == pytest.approx(1.0)
-    assert table.loc["targeted (fraction=0.1)", "pooled_p_holm"] == pytest.approx(3 * 2 / 64)
-    assert not table.loc["targeted (fraction=0.1)", "pooled_significant"]  # Holm p 0.094
-    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 | +5.0 [+5.0, +5.0] (6) | 0.094 |" in md
+    assert table.loc["targeted (fraction=0.1)", "pooled_p_holm"] == pytest.approx(2 * 3.7265e-5, abs=1e-8)
+    assert table.loc["targeted (fraction=0.1)", "pooled_significant"]
+    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 | +5.0* [+4.1, +5.9] (6) | <0.001 |" in md
     assert "| none (test acc) | 82.0% | 82.0% |  |  |  |  |" in md
 
 
@@ -369,3 +372,34 @@ def test_every_arm_gets_its_own_colour(n):
     # the paper study has 23 arms: with tab20 alone the last three repeated the first three's colours
     colors = arm_colors([f"arm{i}" for i in range(n)])
     assert len(colors) == n and len(set(colors.values())) == n
+
+
+def test_table_rows_say_how_many_pairs_and_treat_repeated_seeds_as_one():
+    from replast.report.build import table_rows
+
+    # `none` ran seeds 0-2, x ran 0-4: Δ comes from 3 pairs; x's seed 0 ran twice (CPU and GPU), averaged first
+    runs = pd.DataFrame({"arm": ["none"] * 3 + ["x"] * 6, "seed": [0, 1, 2, 0, 0, 1, 2, 3, 4],
+                         "test_acc": [0.80, 0.82, 0.84, 0.84, 0.86, 0.86, 0.88, 0.70, 0.99]})
+    table = arm_table(runs).set_index("arm")
+    assert table.loc["x", "n"] == 5 and table.loc["x", "runs"] == 6 and table.loc["x", "pairs"] == 3
+    assert table.loc["x", "acc"] == pytest.approx((0.85 + 0.86 + 0.88 + 0.70 + 0.99) / 5)
+    assert table.loc["x", "delta"] == pytest.approx(0.0433333, abs=1e-6)  # 5, 4, 4 pp
+    row = dict(zip(["arm", "n", "acc", "val", "delta"], table_rows(table.reset_index())[1], strict=False))
+    assert row["n"] == "5" and row["delta"].endswith("(3 pairs)")
+
+
+def test_table_rows_one_seed_never_reached_and_rounding():
+    from replast.report.build import _fmt, _p, table_rows
+
+    runs = pd.DataFrame({"arm": ["none", "x"], "seed": [0, 0], "test_acc": [0.8, 0.9], "epochs_to_95": [1.0, np.inf],
+                         "epochs_to_100": [2.0, np.inf]})
+    base, x = table_rows(arm_table(runs))
+    assert base[2] == "80.0" and x[4] == "+10.0"  # one seed: a mean, no interval
+    assert x[6] == "never / never" and x[7] == "0/1" and x[8] == "—"
+    assert _fmt(-0.0004, scale=100, sign=True) == "+0.0" and _fmt(-0.0004, scale=100) == "0.0"
+    assert _p(0.0496) == "0.0496" and _p(0.0504) == "0.0504" and _p(0.05) == "0.050" and _p(0.0123) == "0.012"
+
+
+def test_sentence_when_no_run_has_an_accuracy():
+    runs = pd.DataFrame({"arm": ["none", "x"], "seed": [0, 0], "test_acc": [np.nan, np.nan]})
+    assert sentence(arm_table(runs), has_baseline=True) == "No finished runs."

@@ -28,14 +28,15 @@ from replast.report.tables import Condition, conditions
 from replast.store import check_columns, study_name
 
 METHODS = (
-    "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% percentile-bootstrap CI. "
+    "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% Student-t CI. "
     "Δ is the seed-paired difference to the none baseline (plain fine-tuning) in percentage points with a "
-    "bootstrap CI; p comes from a paired t-test (fewer than 6 pairs) or a Wilcoxon signed-rank test (6 or more), "
-    "Holm-corrected over the strategies of each table. Epochs to 95% / 100% = first epoch whose validation "
-    "accuracy reaches that share of the baseline's mean final validation accuracy (mean over the seeds that "
-    "reach it; '—' = never). Val acc = mean final validation accuracy: choose settings by it, never by test "
-    "accuracy. Speed-up = baseline epochs / strategy epochs to 100%. Overhead = time spent "
-    "re-initializing as % of one mean epoch."
+    "95% t CI and the paired t-test's p (n equal differences: the exact sign-flip p, 2/2^n), Holm-corrected "
+    "over the strategies of each table, not across tables; '(k pairs)' = fewer seeds paired with the baseline "
+    "than the arm has. Epochs to 95% / 100% = first epoch whose validation accuracy reaches that share of the "
+    "baseline's mean final validation accuracy, median over the runs ('never' = most runs never reach it). "
+    "Reached 100% = runs that get there. Val acc = mean final validation accuracy: choose settings by it, never "
+    "by test accuracy. Speed-up = baseline's median epochs / strategy's median epochs to 100%. Overhead = time "
+    "spent re-initializing as % of one mean epoch."
 )
 
 
@@ -72,37 +73,53 @@ def _read_table(path: Path, **options) -> pd.DataFrame:
 def _fmt(value: float, digits: int = 1, scale: float = 1.0, sign: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{scale * value:+.{digits}f}" if sign else f"{scale * value:.{digits}f}"
+    if math.isinf(value):
+        return "never"
+    value = round(scale * value, digits) + 0.0  # + 0.0: a value that rounds to zero prints without a minus
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _with_ci(mean: float, low: float, high: float, sign: bool = False) -> str:
+    """'mean [low, high]' in %, or the mean alone where there is no interval (one seed)."""
+    text = _fmt(mean, scale=100, sign=sign)
+    if math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} [{_fmt(low, scale=100, sign=sign)}, {_fmt(high, scale=100, sign=sign)}]"
 
 
 def table_rows(table: pd.DataFrame) -> list[list[str]]:
     """The cells of a comparison table (`tables.arm_table`), formatted as the report prints them (HEADERS)."""
     rows = []
     for _, r in table.iterrows():
+        pairs = r.get("pairs", 0)
+        fewer = "" if math.isnan(r["delta"]) or pd.isna(pairs) or pairs == r["n"] else f" ({int(pairs)} pairs)"
         rows.append([
-            str(r["arm"]), str(int(r["n"])),
-            f"{_fmt(r['acc'], scale=100)} [{_fmt(r['acc_low'], scale=100)}, {_fmt(r['acc_high'], scale=100)}]",
+            str(r["arm"]), str(int(r["n"])), _with_ci(r["acc"], r["acc_low"], r["acc_high"]),
             _fmt(r.get("val_acc", math.nan), scale=100),
-            "—" if math.isnan(r["delta"]) else
-            f"{_fmt(r['delta'], scale=100, sign=True)} [{_fmt(r['delta_low'], scale=100, sign=True)}, "
-            f"{_fmt(r['delta_high'], scale=100, sign=True)}]",
+            "—" if math.isnan(r["delta"]) else _with_ci(r["delta"], r["delta_low"], r["delta_high"], sign=True) + fewer,
             _p(r["p_holm"]), f"{_fmt(r['epochs_to_95'])} / {_fmt(r['epochs_to_100'])}",
-            f"{int(r['reached_100'])}/{int(r['n'])}", _fmt(r["speedup"], 2),
+            f"{int(r['reached_100'])}/{int(r.get('runs', r['n']))}", _fmt(r["speedup"], 2),
             _fmt(r.get("overhead_pct", math.nan), 1)])
     return rows
 
 
 def _p(value: float) -> str:
-    return "—" if math.isnan(value) else "<0.001" if value < 0.001 else f"{value:.3f}"
+    if math.isnan(value):
+        return "—"
+    if value < 0.001:
+        return "<0.001"
+    # one more digit where three would round a p below 0.05 up to 0.050 (or one above down to it)
+    return f"{value:.4f}" if round(value, 3) == 0.05 and value != 0.05 else f"{value:.3f}"
 
 
 OVERVIEW_NOTE = (
     "Δ vs none in percentage points per condition (the none row: its test accuracy in %); * = significant as in "
-    "the tables below (Holm-corrected p < 0.05 and the 95% CI of Δ excludes 0); — = not run there, or too few "
-    "seeds paired with none. Higher / lower = in how many conditions the arm is significantly above / below none. "
-    "Pooled = all seed-paired differences of all conditions tested together (n pairs; bootstrap CI, Wilcoxon "
-    "signed-rank from 6 pairs, Holm-corrected over the arms): whether an arm moves accuracy the same way across "
-    "the conditions of this study, each weighted by its number of seeds.")
+    "the tables below (Holm-corrected over the strategies of that condition's table, p < 0.05, and the 95% CI "
+    "of Δ excludes 0); — = not run there, or too few seeds paired with none. Higher / lower = in how many "
+    "conditions the arm is significantly above / below none. Pooled = all seed-paired differences of all "
+    "conditions as one sample (n pairs; t CI and paired t-test, Holm-corrected over the arms): whether an arm "
+    "moves accuracy the same way across the conditions of this study, each weighted by its number of seeds; "
+    "differences between conditions count as noise, which makes it conservative.")
 
 
 def overview_blocks(table: pd.DataFrame) -> list[Block]:
@@ -146,7 +163,7 @@ HEADERS = ["Strategy", "n", "Test acc % [95% CI]", "Val acc %", "Δ vs none, pp 
 def _figures(stem: str, cond: Condition, curves: pd.DataFrame, colors: dict) -> list[Figure]:
     arm_of = dict(zip(cond.runs["hash"], cond.runs["arm"], strict=True))
     sub = curves[curves["hash"].isin(arm_of)] if not curves.empty else curves
-    made = [("curves", "Validation accuracy per epoch (mean, 95% bootstrap band over seeds)",
+    made = [("curves", "Validation accuracy per epoch (mean, 95% t band over seeds)",
              plots.learning_curves(sub, arm_of, colors, cond.title)),
             ("fraction", "Test accuracy vs re-initialized fraction (mean, 95% CI); dashed: none",
              plots.fraction_plot(cond.runs, colors, cond.title)),

@@ -2,10 +2,11 @@
 significantly higher or lower, and its pooled Δ over all conditions — the study-level answer that the
 per-condition tables give one cell at a time.
 
-Pooled: every seed-paired difference of every condition together, tested like one condition's arm (bootstrap
-CI, paired t under 6 pairs, Wilcoxon signed-rank from 6) and Holm-corrected over the arms. Pairs from different
-conditions are independent, so under "no effect in any condition" (each difference symmetric about 0) the
-test holds; what it pools is the conditions the study happens to hold, each weighted by its seeds.
+Pooled: every seed-paired difference of every condition together, tested like one condition's arm (t CI,
+paired t-test) and Holm-corrected over the arms. Pairs from different conditions are independent, so under
+"no effect in any condition" the test holds; an effect that differs between conditions widens the spread of
+the pooled differences, so the interval is conservative for "the average effect over these conditions". What
+it pools is the conditions the study happens to hold, each weighted by its seeds.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def overview(conds: list[Condition]) -> pd.DataFrame:
     return table.join(pooled(conds), on="arm") if rows else table
 
 
-def pooled(conds: list[Condition], seed: int = 0) -> pd.DataFrame:
+def pooled(conds: list[Condition]) -> pd.DataFrame:
     """Per arm (index): the seed-paired differences to the baseline of all conditions, compared as one."""
     arm_values: dict[str, dict] = {}
     base_values: dict = {}
@@ -48,7 +49,7 @@ def pooled(conds: list[Condition], seed: int = 0) -> pd.DataFrame:
             (base_values if arm == BASELINE else arm_values.setdefault(str(arm), {})).update(values)
     rows = {}
     for arm, values in arm_values.items():
-        r = stats.paired_comparison(values, base_values, seed=seed)
+        r = stats.paired_comparison(values, base_values)
         rows[arm] = [r.n, r.mean_diff, r.low, r.high, r.p_value]
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["pooled_n", "pooled_delta", "pooled_delta_low",
                                                                   "pooled_delta_high", "pooled_p"])

@@ -1,4 +1,4 @@
-"""PNG figures for one condition: learning curves with bootstrap CI bands, accuracy vs re-initialized fraction,
+"""PNG figures for one condition: learning curves with 95% t bands, accuracy vs re-initialized fraction,
 and plasticity tracking curves. Figures are built with matplotlib's object API (Agg), never pyplot state.
 """
 
@@ -14,8 +14,6 @@ from matplotlib.ticker import MaxNLocator
 
 from replast import stats
 from replast.report.labels import BASELINE, arm_labels
-
-N_BOOT = 1000  # per-epoch bands need less precision than table CIs and there are many of them
 
 
 def arm_colors(arms: Sequence[str]) -> dict[str, tuple]:
@@ -38,7 +36,7 @@ def present_arms(colors: Mapping[str, tuple], seen: Iterable[str]) -> list[str]:
 
 
 def _band(ax, curves: pd.DataFrame, column: str, label: str, color, scale: float) -> None:
-    points = [(e, stats.mean_ci(g[column], n_boot=N_BOOT)) for e, g in curves.groupby("epoch")]
+    points = [(e, stats.mean_ci(g[column])) for e, g in curves.groupby("epoch")]
     points = [(e, c) for e, c in points if c.n]
     if not points:
         return
@@ -57,7 +55,7 @@ def add_legend(ax, n: int) -> None:
 
 def learning_curves(curves: pd.DataFrame, arm_of: Mapping[str, str], colors: Mapping[str, tuple],
                     title: str, column: str = "val_acc") -> bytes | None:
-    """Mean validation accuracy per epoch with a 95% bootstrap band over seeds, one line per arm."""
+    """Mean validation accuracy per epoch with a 95% t band over seeds, one line per arm."""
     if curves.empty or column not in curves:
         return None
     fig = Figure(figsize=(7, 4.2), layout="constrained")

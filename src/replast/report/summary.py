@@ -35,7 +35,7 @@ def _names(arms: list[str], limit: int = 6) -> str:
 
 def sentence(table: pd.DataFrame, has_baseline: bool) -> str:
     """Summary of one arm table in plain words, stating only what its numbers show."""
-    if table.empty:
+    if table.empty or table["acc"].isna().all():
         return "No finished runs."
     best = table.loc[table["acc"].idxmax()]
     parts = [f"Highest mean test accuracy: {best['arm']} ({100 * best['acc']:.1f}%, n={int(best['n'])})."]
@@ -49,7 +49,7 @@ def sentence(table: pd.DataFrame, has_baseline: bool) -> str:
         if not flag:
             continue
         direction = "higher" if row["delta"] > 0 else "lower"
-        parts.append(f"{row['arm']} is {direction} than none by {100 * row['delta']:+.1f} pp "
+        parts.append(f"{row['arm']} is {direction} than none by {100 * abs(row['delta']):.1f} pp "
                      f"(95% CI [{100 * row['delta_low']:+.1f}, {100 * row['delta_high']:+.1f}], "
                      f"Holm p {_p(row['p_holm'])}).")
     same = [str(a) for a, flag in zip(tested["arm"], flags, strict=True) if not flag]

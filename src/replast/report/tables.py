@@ -1,5 +1,10 @@
 """Per-condition tables: accuracy with CI per arm, Δ vs the `none` baseline paired by seed with Holm-corrected
 p-values, epochs to reach the baseline's final accuracy, speed-up and re-initialization overhead.
+
+Seeds are the unit of replication: runs of one arm that share a seed (e.g. the same run on CPU and GPU merged
+into one study) are averaged before any interval is computed. Epochs to a target are medians over the runs with
+"never" counted as later than any epoch, so that an arm whose few lucky seeds reach the target early is not
+called faster (every run trains the same number of epochs, so the median is exact).
 """
 
 from __future__ import annotations
@@ -47,40 +52,51 @@ def _mean(values: pd.Series) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
-def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None, seed: int) -> dict:
-    ci = stats.mean_ci(runs[METRIC], seed=seed)
+def _median_epochs(runs: pd.DataFrame, column: str) -> float:
+    """Median epoch at which the runs reach a target (inf = most never do); NaN where no target is known."""
+    known = pd.to_numeric(runs.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(np.median(known)) if len(known) else math.nan
+
+
+def _reached(runs: pd.DataFrame, column: str) -> int:
+    return int(np.isfinite(pd.to_numeric(runs.get(column, pd.Series(dtype=float)), errors="coerce")).sum())
+
+
+def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None) -> dict:
+    ci = stats.mean_ci(list(by_seed(runs, METRIC).values()))
     row = {"arm": arm, "n": ci.n, "acc": ci.mean, "acc_low": ci.low, "acc_high": ci.high,
            "val_acc": _mean(runs.get("final_val_acc", pd.Series(dtype=float))),
-           "delta": math.nan, "delta_low": math.nan, "delta_high": math.nan, "p": math.nan, "test": "",
-           "epochs_to_95": _mean(runs.get("epochs_to_95", pd.Series(dtype=float))),
-           "epochs_to_100": _mean(runs.get("epochs_to_100", pd.Series(dtype=float))),
-           "reached_100": int(runs.get("epochs_to_100", pd.Series(dtype=float)).notna().sum())}
+           "delta": math.nan, "delta_low": math.nan, "delta_high": math.nan, "p": math.nan, "test": "", "pairs": 0,
+           "epochs_to_95": _median_epochs(runs, "epochs_to_95"),
+           "epochs_to_100": _median_epochs(runs, "epochs_to_100"),
+           "reached_100": _reached(runs, "epochs_to_100"), "runs": len(runs)}
     if {"reinit_time_s", "epoch_time_s"} <= set(runs.columns):
         row["overhead_pct"] = _mean(100 * runs["reinit_time_s"] / runs["epoch_time_s"].replace(0, np.nan))
     if base is not None and arm != BASELINE:
-        r = stats.paired_comparison(by_seed(runs, METRIC), by_seed(base, METRIC), seed=seed)
-        row.update(delta=r.mean_diff, delta_low=r.low, delta_high=r.high, p=r.p_value, test=r.test)
+        r = stats.paired_comparison(by_seed(runs, METRIC), by_seed(base, METRIC))
+        row.update(delta=r.mean_diff, delta_low=r.low, delta_high=r.high, p=r.p_value, test=r.test, pairs=r.n)
     return row
 
 
-def arm_table(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def arm_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per arm of one condition, baseline first; `p_holm` corrects over the arms compared."""
     base = runs[runs["arm"] == BASELINE] if (runs["arm"] == BASELINE).any() else None
     arms = sorted(runs["arm"].unique(), key=natural_key)
-    table = pd.DataFrame([_arm_row(a, runs[runs["arm"] == a], base, seed) for a in arms])
+    table = pd.DataFrame([_arm_row(a, runs[runs["arm"] == a], base) for a in arms])
     table["p_holm"] = stats.holm(table["p"].tolist())
     e100 = table.set_index("arm")["epochs_to_100"]
     baseline_e100 = e100.get(BASELINE, math.nan)
-    table["speedup"] = [baseline_e100 / e if e and not math.isnan(e) else math.nan for e in e100]
+    table["speedup"] = [baseline_e100 / e if math.isfinite(baseline_e100) and math.isfinite(e) else math.nan
+                        for e in e100]
     return table
 
 
-def conditions(results: pd.DataFrame, curves: pd.DataFrame, seed: int = 0) -> list[Condition]:
+def conditions(results: pd.DataFrame, curves: pd.DataFrame) -> list[Condition]:
     """All comparisons of a study, ordered by condition title."""
     runs = prepare(results, curves)
     if runs.empty or METRIC not in runs:
         return []
     out = []
     for title, group in sorted(runs.groupby("condition"), key=lambda kv: natural_key(str(kv[0]))):
-        out.append(Condition(str(title), group, arm_table(group, seed), bool((group["arm"] == BASELINE).any())))
+        out.append(Condition(str(title), group, arm_table(group), bool((group["arm"] == BASELINE).any())))
     return out
