@@ -326,6 +326,31 @@ def test_a_bad_later_batch_is_a_config_error_and_model_unchanged() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_bad_later_batch_without_a_utility_pass_is_found_before_the_edit() -> None:
+    model = tiny()  # magnitude reads no batch; the BatchNorm pass reads both, after the edit
+    before = snapshot(model)
+    (x, y), second = batches()
+    with pytest.raises(ConfigError, match=r"a batch is a Tensor: expected \(x, y\)"):
+        restore_plasticity(model, [(x, y), second[0]], utility="magnitude")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model[1].momentum == 0.1
+
+
+def test_an_error_while_writing_puts_back_every_parameter_already_written(monkeypatch) -> None:
+    def fails_on_biases(old, fresh, spec):
+        if old.dim() == 1:
+            raise RuntimeError("this scheme cannot write biases")
+        return fresh
+
+    monkeypatch.setitem(SCHEMES._items, "fails-on-biases", fails_on_biases)
+    model = tiny()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="biases"):  # layer 0's weight is written before its bias fails
+        restore_plasticity(model, batches(), utility="magnitude", level="unit", fraction=0.5,
+                           scheme="fails-on-biases")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_number_options_of_other_numeric_types_are_cast() -> None:
     report = restore_plasticity(tiny(), batches(), fraction=np.float32(0.5), batches=2.0, seed=np.int64(1))
     assert report.options["batches"] == 2 and type(report.options["batches"]) is int

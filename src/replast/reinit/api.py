@@ -2,12 +2,14 @@
 
     report = restore_plasticity(model, train_batches, strategy="targeted", utility="taylor",
                                 selection="per-layer", fraction=0.1, scheme="init")
-Options are validated before the model is touched; returns a ReinitReport (rows, masks, timings).
+Options and batches are validated before the model is touched, and an error after the first write puts
+back everything written; returns a ReinitReport (rows, masks, timings).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from time import perf_counter
 from typing import Any
 
@@ -121,10 +123,11 @@ def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Ten
     before = param_norms(params, watched)
     probe = _probe_images(model, data) if o.recompute_bn and bn_stats.batch_norms(model) else None
     inputs_before = bn_stats.input_sums(model, probe) if probe is not None else {}
-    written = apply_edits(model, edits, SCHEMES.get(o.scheme), o.shrink, o.perturb, family_of(model), value_gen)
-    t_bn = perf_counter()
-    stale = bn_stats.changed_channels(inputs_before, bn_stats.input_sums(model, probe)) if probe is not None else {}
-    bn_stats.recompute(model, checked(model, data), stale)
+    with _undone_on_error(model, touched):
+        written = apply_edits(model, edits, SCHEMES.get(o.scheme), o.shrink, o.perturb, family_of(model), value_gen)
+        t_bn = perf_counter()
+        stale = bn_stats.changed_channels(inputs_before, bn_stats.input_sums(model, probe)) if probe is not None else {}
+        bn_stats.recompute(model, checked(model, data), stale)
     # every BatchNorm, in model order: the same list on every rank (which channels went stale is measured
     # on each rank's own images, and a set's order differs between processes)
     distributed.broadcast_from_rank0([params[n] for n in written] + bn_stats.running_stats(bn_stats.batch_norms(model).values()))
@@ -141,8 +144,30 @@ def _run(model: nn.Module, data: Iterable, o: Options, protect: Mapping[str, Ten
 
 
 def _probe_images(model: nn.Module, data: Iterable) -> Tensor:
-    first = next(iter(checked(model, data)), None)
+    """The first batch's images; every batch the BatchNorm pass will read is checked here, so that a bad
+    one is a ConfigError before the edit, as it is when the utility pass reads them."""
+    batches = checked(model, data)
+    first = next(batches, None)
     if first is None:
         raise ConfigError("the batch iterable is empty; re-estimating BatchNorm statistics needs at least one "
                           "(x, y) batch (or pass recompute_bn=False)")
+    for _ in batches:
+        pass
     return first[0]
+
+
+@contextmanager
+def _undone_on_error(model: nn.Module, params: Sequence[str]) -> Iterator[None]:
+    """On any exception, put back `params` and every BatchNorm buffer: all that the edit and the BatchNorm
+    pass write, so that a failed call leaves the model as it was."""
+    names = set(params)
+    live = [p for n, p in model.named_parameters() if n in names] + [
+        b for bn in bn_stats.batch_norms(model).values() for b in bn.buffers(recurse=False)]
+    saved = [t.detach().clone() for t in live]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for tensor, value in zip(live, saved, strict=True):
+                tensor.copy_(value)
+        raise

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from replast.probe import forward_checked
 from replast.reinit.collect import utility_mode
 
 PROBE_IMAGES = 4
@@ -52,7 +53,7 @@ def input_sums(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """{BatchNorm name: per-channel [sum, sum of squares] of its input} for the first images of `x`, in eval mode."""
     bns = batch_norms(model)
     with _captured_inputs(bns) as sums, utility_mode(model, [], needs_grad=False), torch.no_grad():
-        model(x[:PROBE_IMAGES])
+        forward_checked(model, x[:PROBE_IMAGES])
     return dict(sums)
 
 
@@ -72,13 +73,24 @@ def changed_channels(before: dict[str, Tensor], after: dict[str, Tensor]) -> dic
 def recompute(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], channels: dict[str, Tensor]) -> int:
     """Re-estimate running mean/var of `channels` ({BatchNorm name: bool [C]}) as the plain average over
     `batches` (momentum None, as torch.optim.swa_utils.update_bn does); other channels, the momentum and
-    the batch counter are kept. Returns the number of batches seen."""
+    the batch counter are kept, and an error puts every statistic back. Returns the number of batches seen."""
     bns = {n: m for n, m in batch_norms(model).items() if n in channels}
     if not bns:
         return 0
     saved = {n: (bn.running_mean.clone(), bn.running_var.clone(), bn.momentum,
                  None if bn.num_batches_tracked is None else bn.num_batches_tracked.clone())
              for n, bn in bns.items()}
+    try:
+        seen = _average(model, bns, batches)
+    except BaseException:
+        _put_back(bns, saved, channels, refreshed=False)
+        raise
+    _put_back(bns, saved, channels, refreshed=seen > 0)
+    return seen
+
+
+def _average(model: nn.Module, bns: dict[str, _BatchNorm], batches: Iterable[tuple[Tensor, Tensor]]) -> int:
+    """Accumulate the batch statistics of `bns` over `batches`; returns the number of batches seen."""
     seen = 0
     with utility_mode(model, [], needs_grad=False), torch.no_grad():
         for bn in bns.values():
@@ -86,17 +98,22 @@ def recompute(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], channe
             bn.momentum = None
             bn.train()  # batch statistics, accumulated; every other module stays in eval mode
         for x, _ in batches:
-            model(x)
+            forward_checked(model, x)
             seen += 1
+    return seen
+
+
+def _put_back(bns: dict[str, _BatchNorm], saved: dict, channels: dict[str, Tensor], refreshed: bool) -> None:
+    """Saved momentum and counter on every BatchNorm; saved statistics on every channel but the
+    re-estimated `channels` (on all of them when nothing was `refreshed`)."""
     for name, bn in bns.items():
         mean, var, momentum, count = saved[name]
         keep = ~channels[name].to(mean.device)
-        bn.running_mean.copy_(torch.where(keep, mean, bn.running_mean) if seen else mean)
-        bn.running_var.copy_(torch.where(keep, var, bn.running_var) if seen else var)
+        bn.running_mean.copy_(torch.where(keep, mean, bn.running_mean) if refreshed else mean)
+        bn.running_var.copy_(torch.where(keep, var, bn.running_var) if refreshed else var)
         bn.momentum = momentum
         if count is not None:
             bn.num_batches_tracked.copy_(count)
-    return seen
 
 
 def running_stats(bns: Iterable[_BatchNorm]) -> list[Tensor]:
