@@ -248,6 +248,25 @@ def test_include_and_exclude_patterns() -> None:
         restore_plasticity(tiny(), batches(), utility="magnitude", exclude=("head", "nothing.*"))
 
 
+def test_a_tied_weight_is_reset_through_either_name_and_kept_when_either_is_excluded() -> None:
+    def tied() -> nn.Sequential:  # layers 7 and 9 hold one weight; 9 is also the head
+        model = tiny()
+        model[7], model[9] = nn.Linear(6, 6), nn.Linear(6, 6)
+        model[9].weight = model[7].weight
+        return model
+
+    for name in ("7", "9"):
+        model = tied()
+        before = model[7].weight.detach().clone()
+        report = restore_plasticity(model, batches(), utility="random", fraction=0.5, include=(name,), exclude=())
+        assert set(report.masks) == {"7.weight"}
+        assert torch.equal(model[7].weight != before, report.masks["7.weight"]) and report.n_reset > 0
+    model = tied()
+    before = model[7].weight.detach().clone()
+    report = restore_plasticity(model, batches(), utility="magnitude", fraction=1.0)  # excludes the head, 9
+    assert "7.weight" not in report.masks and torch.equal(model[7].weight, before)
+
+
 def test_head_alias_for_timm_and_torchvision_models() -> None:
     import timm
     import torchvision

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from replast.reinit import UTILITIES, utility_scores
+from replast.reinit.collect import collect
 from replast.reinit.utilities import LayerStats
 
 W = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
@@ -69,6 +70,43 @@ def test_gradient_statistics_of_the_utility_pass() -> None:
     }
     for name, value in expected.items():
         torch.testing.assert_close(utility_scores(model, data, name, exclude=())["0"], value)
+
+
+def _tied_mlp() -> nn.Sequential:
+    """Layers 3 and 5 hold one weight (tied)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Identity(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4),
+                          nn.Tanh(), nn.Linear(4, 2))
+    model[5].weight = model[3].weight
+    return model
+
+
+def _gradient_of_both_uses(model: nn.Sequential, data: list) -> torch.Tensor:
+    """E_b |g_b| of the tied weight, g_b summing the gradients of both uses."""
+    total = torch.zeros_like(model[3].weight)
+    for x, y in data:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        total += model[3].weight.grad.abs() / len(data)
+    model.zero_grad()
+    assert total.min() > 0
+    return total
+
+
+def test_a_tied_weight_is_one_layer_scored_on_the_gradient_of_both_uses() -> None:
+    model, data = _tied_mlp(), _linear_data()
+    expected = _gradient_of_both_uses(model, data)
+    scores = utility_scores(model, data, "gradient")
+    assert list(scores) == ["0", "3"]  # "5" is the tied weight's other name; "7" the head
+    torch.testing.assert_close(scores["3"], expected)
+
+
+def test_a_weight_listed_under_two_names_gets_its_gradient_under_both() -> None:
+    model, data = _tied_mlp(), _linear_data()
+    expected = _gradient_of_both_uses(model, data)
+    stats = collect(model, data, {"3": model[3].weight, "5": model[5].weight}, {}, True, len(data))
+    torch.testing.assert_close(stats.grad_abs["3"], expected)
+    torch.testing.assert_close(stats.grad_abs["5"], expected)
 
 
 def _mlp_and_data() -> tuple[nn.Sequential, list]:

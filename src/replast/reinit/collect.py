@@ -116,6 +116,7 @@ def _accumulate_grads(weights: dict[str, nn.Parameter], stats: Stats) -> None:
         g = p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
         stats.grad_abs[name] = stats.grad_abs.get(name, 0.0) + g.abs()
         stats.grad_sq[name] = stats.grad_sq.get(name, 0.0) + g.square()
+    for p in weights.values():  # only now: a tied weight may be in `weights` under several names
         p.grad = None
 
 

@@ -71,17 +71,32 @@ def resolve_patterns(model: nn.Module, patterns: Sequence[str], what: str) -> li
     return out
 
 
+def layer_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """{layer: names of every module holding its weight} for each weighted layer, in named_modules order.
+    A weight held by several modules (tied) is one layer, under the name named_parameters() gives it: the
+    name edits and reports are keyed by."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    param_name = {id(p): n for n, p in model.named_parameters()}
+    return {n: holders[id(m.weight)] for n, m in model.named_modules()
+            if is_weighted(m) and param_name[id(m.weight)] == (f"{n}.weight" if n else "weight")}
+
+
 def candidate_layers(model: nn.Module, exclude: Sequence[str]) -> list[str]:
-    """All weighted layers not excluded (before include/scope), in named_modules order."""
-    return [n for n, m in model.named_modules() if is_weighted(m) and not _matches(n, exclude)]
+    """All weighted layers not excluded (before include/scope), in named_modules order; a tied weight is
+    excluded when any module holding it is."""
+    return [n for n, names in layer_aliases(model).items() if not any(_matches(a, exclude) for a in names)]
 
 
 def eligible_layers(model: nn.Module, exclude: Sequence[str], include: Sequence[str],
                     scope: str | Mapping[str, float]) -> list[str]:
     """Layers the selection may touch; raises ConfigError when there are none."""
     layers = candidate_layers(model, exclude)
-    if include:
-        layers = [n for n in layers if _matches(n, include)]
+    if include:  # a tied weight is included by the name of any module holding it
+        aliases = layer_aliases(model)
+        layers = [n for n in layers if any(_matches(a, include) for a in aliases[n])]
     if isinstance(scope, Mapping):
         unknown = sorted(set(scope) - set(candidate_layers(model, exclude)))
         if unknown:
