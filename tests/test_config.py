@@ -33,6 +33,12 @@ def test_validation_lists_every_error():
         assert fragment in message
 
 
+@pytest.mark.parametrize("lr_scale", [float("nan"), float("inf"), 0.0])
+def test_lr_scale_must_be_a_finite_number_above_zero(lr_scale):
+    with pytest.raises(ConfigError, match=f"reinit.lr_scale={lr_scale}"):
+        FinetuneConfig(reinit=ReinitConfig(lr_scale=lr_scale)).validate()
+
+
 @pytest.mark.parametrize("schedule,ok", [("once", True), ("every:100", True), ("every:0", False),
                                          ("every:x", False), ("sometimes", False)])
 def test_schedule_syntax(schedule, ok):

@@ -288,6 +288,7 @@ def test_head_alias_for_timm_and_torchvision_models() -> None:
     ({"level": "neuron"}, ConfigError), ({"fractoin": 0.1}, ConfigError), ({"scope": "auto"}, ConfigError),
     ({"scope": {"nope": 0.1}}, ConfigError), ({"fraction": "0.1"}, ConfigError),
     ({"layers": 2.5}, ConfigError), ({"zero_outgoing": "no"}, ConfigError), ({"unpaired": "drop"}, ConfigError), ({"scope": {"0": "half"}}, ConfigError),
+    ({"shrink": math.nan}, ConfigError), ({"perturb": math.inf}, ConfigError), ({"threshold": math.inf}, ConfigError),
 ])
 def test_bad_options_fail_before_touching_the_model(kwargs: dict, error: type) -> None:
     model = tiny()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -32,6 +33,8 @@ def test_callback_validates_options_at_construction() -> None:
         RestorePlasticity(batches_from="test")
     with pytest.raises(ConfigError):
         RestorePlasticity(lr_scale=0)
+    with pytest.raises(ConfigError, match="lr_scale=nan"):
+        RestorePlasticity(lr_scale=math.nan)
     with pytest.raises(ConfigError):
         RestorePlasticity(schedule="every:0")
 

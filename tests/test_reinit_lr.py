@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -95,6 +96,13 @@ def test_masks_from_a_report_and_bad_masks() -> None:
         UpdateScaler(opt, report.masks, 0.0, model=model)
     with pytest.raises(ConfigError, match="warmup_steps=-1"):
         UpdateScaler(opt, report.masks, 2.0, warmup_steps=-1, model=model)
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf])
+def test_a_scale_that_is_not_a_finite_number_is_a_config_error(scale: float) -> None:
+    model, opt, masks = _setup("sgd")
+    with pytest.raises(ConfigError, match=f"scale={scale}"):
+        UpdateScaler(opt, masks, scale, model=model)
 
 
 @pytest.mark.parametrize("kind", sorted(OPTIMIZERS))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -253,8 +254,9 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
         errors.append(f"reinit.threshold={r.threshold}: must be >= 0")
     if r.layers < 1 or r.batches < 1:
         errors.append("reinit.layers and reinit.batches must be at least 1")
-    if r.lr_scale <= 0 or r.lr_warmup_steps < 0:
-        errors.append("reinit.lr_scale must be > 0 and reinit.lr_warmup_steps >= 0")
+    if not (r.lr_scale > 0 and math.isfinite(r.lr_scale)) or r.lr_warmup_steps < 0:
+        errors.append(f"reinit.lr_scale={r.lr_scale} must be a finite number > 0 and "
+                      f"reinit.lr_warmup_steps={r.lr_warmup_steps} >= 0")
     if r.scope not in ("all", "auto"):
         errors.append(f"reinit.scope={r.scope!r}: valid: all, auto")
     if not (r.schedule == "once" or (r.schedule.startswith("every:") and r.schedule[6:].isdigit()

@@ -8,6 +8,7 @@ without it. Options are those of `replast.reinit.restore_plasticity` plus the tr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -57,8 +58,8 @@ def _build() -> type:
             options["batches"] = num_batches
             make_options(**options)  # fail at construction, not an epoch later
             lr_scale = options.get("lr_scale", 1.0)
-            if not isinstance(lr_scale, (int, float)) or lr_scale <= 0:
-                raise ConfigError(f"lr_scale={lr_scale!r}: use a number > 0 (1 = the optimizer's own rate)")
+            if not isinstance(lr_scale, (int, float)) or not (lr_scale > 0 and math.isfinite(lr_scale)):
+                raise ConfigError(f"lr_scale={lr_scale!r}: use a finite number > 0 (1 = the optimizer's own rate)")
             self.during_training = Continual.needed(options)
             self.batches_from, self.num_batches, self.options = batches_from, num_batches, options
             self.report = None

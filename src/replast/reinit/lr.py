@@ -9,6 +9,7 @@ scaled gradient away. Weight decay is part of the update and is scaled with it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class UpdateScaler:
 
     def __init__(self, optimizer: torch.optim.Optimizer, masks: Any, scale: float,
                  warmup_steps: int = 0, *, model: nn.Module | None = None) -> None:
-        if scale <= 0 or warmup_steps < 0:
+        if not (scale > 0 and math.isfinite(scale)) or warmup_steps < 0:
             raise ConfigError(f"scale={scale} must be > 0 and warmup_steps={warmup_steps} >= 0")
         self.optimizer, self.scale, self.warmup_steps = optimizer, float(scale), int(warmup_steps)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}

@@ -7,6 +7,7 @@ lr_scale, lr_warmup_steps and schedule are accepted by `restore_plasticity` and 
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -69,6 +70,8 @@ def _range_errors(o: Options) -> list[str]:
         errors.append(f"threshold={o.threshold} must be >= 0")
     if o.layers < 1 or o.batches < 1:
         errors.append(f"layers={o.layers} and batches={o.batches} must be at least 1")
+    errors += [f"{k}={v} must be a finite number" for k, v in
+               (("threshold", o.threshold), ("shrink", o.shrink), ("perturb", o.perturb)) if not math.isfinite(v)]
     if o.shrink < 0 or o.perturb < 0:
         errors.append(f"shrink={o.shrink} and perturb={o.perturb} must be >= 0")
     if o.level not in ("weight", "unit"):
