@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import re
 import shutil
@@ -31,11 +32,12 @@ from replast.data import (
     sample_crop_params,
 )
 from replast.data.augment import seeded_generator
-from replast.data.imagefolder import Br35HSource
+from replast.data.cache import cached_decode
+from replast.data.imagefolder import Br35HSource, ImageFolderSource
 from replast.data.integrity import load_numpy_pickle
 from replast.data.packaged import AnimalMnistSource
 from replast.data.stream_loader import StreamLoader
-from replast.errors import ConfigError, DataError, UnknownNameError
+from replast.errors import ConfigError, DataError, ReplastError, UnknownNameError
 from replast.loading import first_batches
 from replast.preprocessing import Preprocessing
 
@@ -578,7 +580,8 @@ def test_unusual_image_modes_decode_to_rgb(tmp_path):
     rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(root / "square" / "palette.png")
     Image.new("LA", (40, 40), (90, 255)).save(root / "square" / "grey-alpha.png")
     Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(root / "square" / "cmyk.jpg")
-    data = _load(f"imagefolder:{root}", max_bad_fraction=0.0)
+    # 4 and 5 images per class: a quarter each for validation and test keeps one of each class in both
+    data = _load(f"imagefolder:{root}", max_bad_fraction=0.0, val_fraction=0.25, test_fraction=0.25)
     items = data.record()["items"]
     assert data.record()["num_bad"] == 0 and len(items) == 9
     images, _ = data.loader("val", 1, train=False).store.on("cpu")
@@ -625,3 +628,70 @@ def test_a_split_that_would_be_empty_raises():
     with pytest.raises(ConfigError, match="val and test split would be empty"):
         _load("synthetic", max_samples=3, val_fraction=0.1, test_fraction=0.1)
     assert len(_load("synthetic", test_fraction=0.0).indices["test"]) == 0  # asked for: fine
+
+
+# ---- awkward folders and cache stamps ---------------------------------------------------------
+def _small_folder(root: Path, counts=(10, 10), ext: str = "png") -> Path:
+    rng = np.random.default_rng(0)
+    for c, n in zip("ab", counts, strict=True):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.{ext}")
+    return root
+
+
+def test_a_dangling_symlink_is_a_one_line_error_naming_it(tmp_path):
+    root = _small_folder(tmp_path / "imgs")
+    os.symlink(tmp_path / "gone.png", root / "a" / "link.png")
+    with pytest.raises(ReplastError, match="link.png"):
+        _load(f"imagefolder:{root}", max_bad_fraction=0.0)
+
+
+@pytest.mark.parametrize("device_cache", ["auto", "off"])
+def test_a_file_name_that_is_not_utf8_loads(tmp_path, device_cache):
+    # latin-1 names, as unzipped from a Windows archive: the stamp used to encode them as text and fail
+    root = _small_folder(tmp_path / "imgs")
+    with open(os.path.join(os.fsencode(root / "a"), b"caf\xe9.png"), "wb") as f:
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(f, format="PNG")
+    data = _load(f"imagefolder:{root}", device_cache=device_cache)
+    assert len(data.labels) == 21
+    assert sum(len(y) for split in ("train", "val", "test") for _, y in data.loader(split, 4, train=False)) == 21
+
+
+def test_the_cache_notices_an_edit_that_keeps_size_and_mtime(tmp_path):
+    # cp -p, rsync -a, tar -x and touch -r restore the mtime; a BMP's size depends only on its dimensions
+    root = _small_folder(tmp_path / "imgs", ext="bmp")
+    first = cached_decode(ImageFolderSource(root), 16)
+    target = root / "a" / "00.bmp"
+    st = target.stat()
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size
+    again, fresh = cached_decode(ImageFolderSource(root), 16), ImageFolderSource(root).decode(16)
+    assert not torch.equal(first.images[0], fresh.images[0])  # the edit changed the decoded pixels
+    assert torch.equal(again.images[0], fresh.images[0]), "stale cache entry served after a same-size edit"
+
+
+def test_a_class_too_small_for_the_split_is_a_config_error(tmp_path):
+    # 2 images of b: both would land in train, and test accuracy would never see the class
+    root = _small_folder(tmp_path / "imgs", counts=(20, 2))
+    with pytest.raises(ConfigError, match=r"'b' \(2 images\) has no image in the val split"):
+        _load(f"imagefolder:{root}")
+
+
+def test_train_augmentation_matches_the_cpu_reference_when_it_shrinks_the_crop():
+    # a 32 px source trained at 16 px: grid_sample alone does not antialias, torchvision does
+    pre = Preprocessing(input_size=16)
+    data = load_dataset("synthetic", pre)
+    loader = data.loader("train", 16, train=True, seed=5)
+    x, _ = loader.batch(0)
+    images, _ = loader.store.on("cpu")
+    idx, p = loader.batch_indices(0), loader.crop_params(0)
+    ref = []
+    for i, j in enumerate(idx.tolist()):
+        box = [int(getattr(p, k)[i]) for k in ("top", "left", "height", "width")]
+        img = TF.resized_crop(images[j].float(), *box, size=[16, 16], antialias=True)
+        ref.append(TF.horizontal_flip(img) if p.flip[i] else img)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (pre.mean, pre.std))
+    ref = (torch.stack(ref) / 255.0 - mean) / std
+    assert (x - ref).abs().max() < 0.05, (x - ref).abs().max()

@@ -3,6 +3,7 @@ linear probing, and DDP (2 gloo processes) equal to one process with the same gl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -164,3 +165,34 @@ def test_two_process_ddp_with_batchnorm_re_estimation_evaluates_one_network(tmp_
     assert report["bn_recomputed"]
     state = final_state(tmp_path / "ddp")
     assert all(torch.isfinite(v).all() for k, v in state.items() if k.endswith(("running_mean", "running_var")))
+
+
+class _OneProcessFabric:
+    """Enough of Fabric for `evaluate` to run one rank's slice in this process."""
+
+    device = torch.device("cpu")
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def all_reduce(self, t, reduce_op="sum"):
+        return t
+
+
+def test_evaluate_survives_a_rank_whose_slice_of_the_last_batch_is_empty():
+    # 3 test images, batch 1 per rank, 2 ranks: rank 1 gets nothing of the last global batch, and
+    # torchmetrics rejected the empty input (that rank died and the other hung in all_reduce)
+    from replast.data import load_dataset
+    from replast.preprocessing import Preprocessing
+    from replast.train import evaluate
+
+    data = load_dataset("synthetic", Preprocessing(input_size=32), max_samples=12, val_fraction=0.2,
+                        test_fraction=0.2)
+    assert len(data.indices["test"]) == 3
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    seen = 0
+    for rank in (0, 1):
+        loader = data.loader("test", 1, train=False, rank=rank, world_size=2)
+        seen += sum(len(y) for _, y in loader)
+        evaluate(_OneProcessFabric(), model, loader, data.num_classes)
+    assert seen == 3

@@ -84,7 +84,8 @@ def evaluate(fabric: Fabric, model: nn.Module, loader, num_classes: int) -> dict
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         count += y.numel()
-        metrics.update(logits.float(), y)
+        if y.numel():  # an uneven last batch leaves some ranks nothing; torchmetrics rejects empty input
+            metrics.update(logits.float(), y)
     loss_sum, count = fabric.all_reduce(loss_sum, reduce_op="sum"), fabric.all_reduce(count, reduce_op="sum")
     result = {k: float(v) for k, v in metrics.compute().items()}
     result["loss"] = float(loss_sum / count.clamp_min(1))

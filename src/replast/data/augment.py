@@ -98,7 +98,21 @@ def resized_crop(x: torch.Tensor, params: CropParams, size: int) -> torch.Tensor
     gy = _sample_coords(p.top, p.height, size, x.shape[-2])
     b = x.shape[0]
     grid = torch.stack([gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)], dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _antialias_shrunk(out, x, params, size)
+
+
+def _antialias_shrunk(out: torch.Tensor, x: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """Redo, image by image, the crops that shrink (a source stored larger than the training size):
+    grid_sample does not low-pass filter, torchvision's antialiased resize does. Crops that are enlarged,
+    the usual case, keep the batched result. `params` are on the host, so this costs no device sync."""
+    shrunk = torch.nonzero((params.height > size) | (params.width > size)).flatten().tolist()
+    for i in shrunk:
+        top, left, height, width = (int(getattr(params, k)[i]) for k in ("top", "left", "height", "width"))
+        crop = F.interpolate(x[i:i + 1, :, top:top + height, left:left + width], size=(size, size),
+                             mode="bilinear", align_corners=False, antialias=True)[0]
+        out[i] = crop.flip(-1) if bool(params.flip[i]) else crop
+    return out
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -131,6 +131,20 @@ def _check_not_empty(indices: dict[str, torch.Tensor], fractions: dict[str, floa
                           "split fractions, or use a larger dataset")
 
 
+def _check_classes_covered(indices: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str],
+                           fractions: dict[str, float]) -> None:
+    """ConfigError when a class with images is absent from an evaluation split (too few images to split)."""
+    present = torch.unique(labels[torch.cat(list(indices.values()))]).tolist()
+    for split in ("val", "test"):
+        if fractions[split] > 0 and len(indices[split]):
+            missing = sorted(set(present) - set(labels[indices[split]].tolist()))
+            if missing:
+                counts = torch.bincount(labels, minlength=len(classes))
+                named = ", ".join(f"{classes[c]!r} ({int(counts[c])} images)" for c in missing[:3])
+                raise ConfigError(f"class {named} has no image in the {split} split: too few images for the split; "
+                                  "add images, remove the class, or change --val_fraction/--test_fraction")
+
+
 def _group_summary(groups: torch.Tensor) -> dict[str, int]:
     sizes = torch.bincount(torch.unique(groups, return_inverse=True)[1]) if len(groups) else torch.zeros(0)
     multi = sizes[sizes > 1]
@@ -188,7 +202,9 @@ def load_dataset(
     split = data.split if isinstance(data, Decoded) else None
     indices = split_dataset(data.labels, data.groups, split, val_fraction=val_fraction, test_fraction=test_fraction,
                             train_fraction=train_fraction, max_samples=max_samples, seed=seed)
-    _check_not_empty(indices, {"train": 1.0, "val": val_fraction, "test": test_fraction if split is None else 1.0})
+    fractions = {"train": 1.0, "val": val_fraction, "test": test_fraction if split is None else 1.0}
+    _check_not_empty(indices, fractions)
+    _check_classes_covered(indices, data.labels, data.classes, fractions)
     record = {
         "dataset": source.name, "source_hash": data.source_hash, "classes": data.classes,
         "num_images": len(data.labels), "stored_size": stored, "image_size": size,

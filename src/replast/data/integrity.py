@@ -50,8 +50,12 @@ def stat_stamp(paths: list[Path], root: Path) -> str:
     """Hash over relative paths, sizes and mtimes: changes whenever a file is added, removed or rewritten."""
     digest = hashlib.sha256()
     for path in paths:
-        st = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:  # ctime and inode also change when a rewrite keeps the size and restores the mtime
+            st = path.stat()
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+        except OSError as e:  # e.g. a dangling symlink: decoding reports it as an unreadable image
+            stamp = f"unreadable\0{e.errno}"
+        digest.update(os.fsencode(path.relative_to(root).as_posix()) + f"\0{stamp}\n".encode())
     return digest.hexdigest()
 
 
