@@ -549,3 +549,56 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "## synthetic × mobilenetv2_050" in md and "| targeted | 2 |" in md
     assert "### Per-layer diagnostics" in md and "of the 4 runs made with `--diagnose true`" in md
     assert (tmp_path / "smoke" / "report" / "figures" / "synthetic-mobilenetv2_050-layers.png").stat().st_size > 1000
+
+
+# ---- run identity, stale statuses, --collect and --only edge cases -------------------------------
+def test_a_float_field_written_as_an_integer_keeps_the_run_hash():
+    from replast.study import expand, parse_study
+
+    def hashes(grid):
+        return [s.hash for s in expand(parse_study({"name": "s", "grid": grid}))]
+
+    # train.warmup_epochs defaults to 1.0: `1`, `1.0` and leaving it out are one run, not three
+    assert hashes({"seed": [0], "train.warmup_epochs": [1]}) == hashes({"seed": [0]})
+    assert hashes({"seed": [0], "reinit.fraction": [1]}) == hashes({"seed": [0], "reinit.fraction": [1.0]})
+
+
+def test_sweep_collect_with_an_empty_runs_directory_is_a_one_line_error(cli, tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nbase: {data: synthetic}\ngrid: {seed: [0]}\n")
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    code, _, err = cli("sweep", "--config", study, "--out", tmp_path / "out", "--collect")
+    assert code in (0, 2) and "Traceback" not in err
+
+
+def test_a_resume_that_fails_before_writing_a_status_is_not_reported_with_the_stale_one(fake_trainer, tmp_path):
+    import json
+
+    from replast.experiment import sweep
+
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nout: {tmp_path / 'out'}\nbase: {{epochs: 2}}\nruns: [{{data: bad}}]\n")
+    [failure] = sweep(study).failures
+    assert failure["status"] == "failed:bad-input"
+    # as a pre-empted run leaves it; the next attempt (e.g. a corrupt last.pt: exit 2) fails before "running"
+    run_dir = tmp_path / "out" / "runs" / failure["hash"]
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted", "step": 7, "epoch": 0}))
+    [again] = sweep(study).failures
+    assert again["status"] == "failed:bad-input" and "unknown dataset" in again["reason"], again
+
+
+def test_only_with_a_list_value_selects_it_or_is_a_one_line_error(cli, tmp_path):
+    from replast.study import expand, parse_study, select
+
+    specs = expand(parse_study({"name": "s", "grid": {"reinit.exclude": [["head"], ["head", "stem"]]}}))
+    # the README's list syntax for list-valued fields; "," also separates choices, so this one is split up
+    try:
+        chosen = select(specs, "reinit.exclude=[head,stem]")
+    except ConfigError:
+        pass  # a one-line error is acceptable; a YAML traceback is not
+    else:
+        assert [s.config["reinit"]["exclude"] for s in chosen] == [["head", "stem"]]
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nbase: {data: synthetic}\ngrid: {seed: [0]}\n")
+    code, _, err = cli("sweep", "--config", study, "--out", tmp_path / "out", "--only", "data=[synthetic")
+    assert code == 2 and "Traceback" not in err

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from replast.checkpoint import load_checkpoint
+from replast.train import Trainer
 
 BASE = ["--model", "convnext_atto", "--weights", "none", "--data", "synthetic", "--image_size", "32",
         "--batch_size", "8", "--seed", "3", "--deterministic", "true", "--accelerator", "cpu"]
@@ -196,3 +197,67 @@ def test_evaluate_survives_a_rank_whose_slice_of_the_last_batch_is_empty():
         seen += sum(len(y) for _, y in loader)
         evaluate(_OneProcessFabric(), model, loader, data.num_classes)
     assert seen == 3
+
+
+# ---- resume keeps the training curve and the plasticity rows ---------------------------------------
+# A small CNN with BatchNorm and a head the tracker can find; 13 optimizer steps per epoch.
+TINY = ["finetune", "--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic", "--image_size", "32",
+        "--batch_size", "16", "--seed", "3", "--deterministic", "true", "--accelerator", "cpu", "--epochs", "3"]
+
+
+def _interrupt_at(monkeypatch, step: int) -> None:
+    """SIGTERM this process right after optimizer step `step` (as a cluster's pre-emption would)."""
+    original = Trainer.fit
+
+    def fit(self, train_loader, val_loader, progress=None):
+        def hook(state):
+            if state.step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, train_loader, val_loader, hook)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _straight_and_resumed(cli, tmp_path, monkeypatch, step, extra=()):
+    args = [*TINY, *extra]
+    assert cli(*args, "--out", tmp_path / "straight")[0] == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, step)
+        code, _, _ = cli(*args, "--out", tmp_path / "resumed")
+    assert code == 1  # interrupted
+    assert cli(*args, "--out", tmp_path / "resumed", "--resume", "true")[0] == 0
+    return tmp_path / "straight", tmp_path / "resumed"
+
+
+# 13 training steps per epoch with these options: step 20 is in the middle of epoch 2.
+@pytest.mark.parametrize("step", [20, 26], ids=["mid-epoch", "last-step-of-epoch"])
+def test_resumed_run_writes_the_same_train_metrics_as_an_uninterrupted_one(cli, tmp_path, monkeypatch, step):
+    straight, resumed = _straight_and_resumed(cli, tmp_path, monkeypatch, step)
+    a, b = _csv_rows(straight / "metrics.csv"), _csv_rows(resumed / "metrics.csv")
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]  # the weights do resume exactly
+    for key in ("train_loss", "train_acc"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+
+
+def test_resumed_run_keeps_the_plasticity_rows_written_before_the_interruption(cli, tmp_path, monkeypatch):
+    straight, resumed = _straight_and_resumed(cli, tmp_path, monkeypatch, 20, ["--train.track_plasticity", "5"])
+    a, b = _csv_rows(straight / "plasticity.csv"), _csv_rows(resumed / "plasticity.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    cols = [c for c in _csv_rows(straight / "metrics.csv")[0] if c.startswith("plasticity_")]
+    assert cols and [[r[c] for c in cols] for r in _csv_rows(straight / "metrics.csv")] == \
+        [[r.get(c) for c in cols] for r in _csv_rows(resumed / "metrics.csv")]
+
+
+def test_track_plasticity_runs_and_writes_plasticity_csv(cli, tmp_path):
+    # the tracker hands Fabric's wrapper (module names prefixed `_forward_module.`) to cheap_metrics
+    out = tmp_path / "run"
+    code, _, err = cli(*TINY[:-1], "1", "--train.track_plasticity", "5", "--out", out)
+    assert code == 0, err
+    rows = _csv_rows(out / "plasticity.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10]
+    assert "plasticity_dormant_fraction" in _csv_rows(out / "metrics.csv")[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -181,6 +182,7 @@ def _nested(f: dataclasses.Field) -> type | None:
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
@@ -189,6 +191,8 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
             value = value if dataclasses.is_dataclass(value) else _build(sub, value or {})
         elif isinstance(value, tuple):
             value = list(value)
+        elif type(value) is int and hints[f.name] in (float, float | None):  # 1 and 1.0: one config, one hash
+            value = float(value)
         kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -84,7 +84,9 @@ def _triage(record: RunRecord, run_dir: Path) -> str:
         return "damaged"
     if state == runfiles.FINISHED:
         return "skip"
-    return "new" if state in ("missing", "queued") else "resume"
+    if state in ("missing", "queued"):  # queued: also a resume that never started (its last.pt is there)
+        return "resume" if (run_dir / "checkpoints" / "last.pt").exists() else "new"
+    return "resume"
 
 
 def _set_aside(out: Path, run_dir: Path) -> Path:
@@ -99,8 +101,9 @@ def _prepare(spec: RunSpec, run_dir: Path, resume: bool) -> launchers.Job:
     config = FinetuneConfig.from_dict({**spec.config, "out": str(run_dir.resolve()), "resume": resume})
     run_dir.mkdir(parents=True, exist_ok=True)
     runfiles.write_config(run_dir, config.to_dict())
-    if not resume:
-        runfiles.write_status(run_dir, "queued")
+    # also for a resume: a stale status (interrupted, failed:…) must not outlive an attempt that dies
+    # before writing its own, or `launchers.finish` reports the old one
+    runfiles.write_status(run_dir, "queued")
     return launchers.Job(spec.hash, run_dir / "config.yaml")
 
 
@@ -160,7 +163,8 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
     summary = SweepSummary(study.name, out_dir, len(specs))
     if collect_only:
         results, _, summary.failures = collect(out_dir)
-        summary.skipped = [h for h, st in zip(results["hash"], results["status"], strict=True) if st == "finished"]
+        if len(results):  # an empty runs/ gives a table without columns
+            summary.skipped = [h for h, st in zip(results["hash"], results["status"], strict=True) if st == "finished"]
         return summary
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"launcher={launcher!r}: valid: local, slurm")

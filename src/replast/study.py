@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,10 @@ def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
         elif error := _key_error(key, "--only", keys):
             errors.append(error)
         else:
-            wanted[key] = [read_yaml(v) for v in values.split(",")]
+            try:  # commas inside [...] belong to a list value (reinit.exclude=[head,stem])
+                wanted[key] = [read_yaml(v) for v in re.split(r",(?![^\[]*\])", values)]
+            except yaml.YAMLError as e:
+                errors.append(f"filter {item!r}: {' '.join(str(e).split())[:120]}")
     if errors:
         raise ConfigError("; ".join(errors))
     chosen = [s for s in specs if all(flatten(s.config).get(k) in vs for k, vs in wanted.items())]

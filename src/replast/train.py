@@ -142,10 +142,12 @@ class TrainState:
     best_val_acc: float = -1.0
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=dict)
+    """Training sums of the current epoch so far (global over ranks; only with a mid-epoch checkpoint)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "position": self.position,
-                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch}
+                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "partial": dict(self.partial)}
 
 
 @dataclass
@@ -208,7 +210,7 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             ts = ckpt["train_state"]
             state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]), float(ts["best_val_acc"]),
-                               int(ts["best_epoch"]), list(ckpt.get("history", [])))
+                               int(ts["best_epoch"]), list(ckpt.get("history", [])), dict(ts.get("partial", {})))
             torch.set_rng_state(ckpt["rng_cpu"])
             for key, hooks in self.stateful.items():
                 if key in ckpt:  # absent in checkpoints written before it was recorded
@@ -238,10 +240,13 @@ class Trainer:
         loader.set_epoch(state.epoch)
         if state.position:
             loader.skip(state.position)
-        loss_sum = torch.zeros((), device=self.fabric.device)
-        correct = torch.zeros((), device=self.fabric.device)
-        seen = 0
-        started = time.perf_counter()
+        # a mid-epoch resume continues the sums it stopped with (rank 0 holds the global ones)
+        carried = state.partial if state.position and self.fabric.is_global_zero else {}
+        state.partial = {}
+        loss_sum = torch.tensor(carried.get("loss_sum", 0.0), device=self.fabric.device)
+        correct = torch.tensor(carried.get("correct", 0.0), device=self.fabric.device)
+        seen = int(carried.get("seen", 0))
+        started = time.perf_counter() - carried.get("time_s", 0.0)
         for x, y in loader:
             if self.first_step_s is None:
                 loss, logits = self._timed_first_step(x, y)
@@ -263,6 +268,10 @@ class Trainer:
             if stop:
                 if not torch.isfinite(loss_sum):
                     return self._nonfinite(state.step)
+                sums = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
+                                              reduce_op="sum")
+                state.partial = {"loss_sum": float(sums[0]), "correct": float(sums[1]), "seen": float(sums[2]),
+                                 "time_s": time.perf_counter() - started}
                 self.save("last")
                 return FitResult(state, "interrupted")
         if not torch.isfinite(loss_sum):
