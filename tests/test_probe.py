@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from replast import diagnostics as dx
+from replast.diagnosis import diagnose
 from replast.errors import ConfigError
 from replast.probe import ActivationStats, _sources, accumulate, capture, find_head, sample_grid
 
@@ -142,3 +147,139 @@ def test_nonfinite_values_are_counted_exactly():
     accumulate(st, a)
     assert int(st.nonfinite) == 2 and st.sum_abs[0] == 32  # units with a bad value drop that batch
     assert st.sum_abs[1] == 0 and not st.never_positive.any()
+
+
+def _batches(sizes, d=10, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(b, d, generator=g), torch.randint(0, classes, (b,), generator=g)) for b in sizes]
+
+
+# --- known answers by hand ----------------------------------------------------------------------------
+
+
+def test_conv_redo_scores_are_means_over_batch_and_positions_weighted_by_batch_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(b, 3, 6, 6, generator=g), torch.zeros(b, dtype=torch.long)) for b in (5, 1, 3)]
+    stats = capture(model, batches, backward=False)
+    with torch.no_grad():
+        a = torch.cat([model[1](model[0](x)) for x, _ in batches])  # [9, 4, 4, 4]
+    per_unit = a.abs().mean((0, 2, 3)).double()  # all 9 x 16 values weigh the same
+    st = stats.activations["1"]
+    assert torch.allclose(st.sum_abs / st.rows, per_unit, rtol=1e-5)
+    assert torch.allclose(dx.redo_scores(st.sum_abs, st.rows), per_unit / per_unit.mean(), rtol=1e-5)
+
+
+def test_rank_metrics_on_rank_deficient_and_zero_features():
+    f = torch.zeros(32, 6)
+    f[:, 0], f[:, 1] = 3.0, torch.arange(32.0) % 2  # rank 2
+    s = dx.singular_values(f)
+    ranks, _ = dx.feature_ranks(f)
+    exact = torch.linalg.svdvals(f.double())
+    p = exact / exact.sum()
+    p = p[p > 1e-12]
+    assert ranks["effective_rank"] == pytest.approx(math.exp(-(p * p.log()).sum().item()), rel=1e-6)
+    assert ranks["stable_rank"] == pytest.approx((exact**2).sum().item() / exact.max().item() ** 2, rel=1e-6)
+    assert ranks["rank_99"] == 2 and dx.rank_at(s, 0.5) == 1
+    assert dx.feature_ranks(torch.zeros(32, 6))[0] == {"effective_rank": 0.0, "stable_rank": 0.0, "rank_99": 0.0}
+
+
+# --- which axis holds the units; shared activation modules; dtypes -----------------------------------------------------------------------------------------
+
+
+class ChannelsLastMlp(nn.Module):
+    """timm ConvNeXt's default block: permute to [B, H, W, C], Linear -> GELU -> Linear, permute back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.fc1 = nn.Linear(4, 6)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(6, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        x = self.fc2(self.act(self.fc1(x))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_channels_last_linear_units_are_its_out_features_not_height():
+    torch.manual_seed(0)
+    model = ChannelsLastMlp()
+    with torch.no_grad():
+        model.fc1.bias[:3] = -1e3  # GELU(-1000) = -0: three of six units are dead
+    batches = [(torch.randn(8, 3, 5, 5), torch.randint(0, 2, (8,))) for _ in range(2)]
+    stats = capture(model, batches, backward=False)
+    assert stats.activations["act"].units == 6  # not 5 (= H, dim 1 of [B, H, W, C])
+    df = diagnose(model, batches).to_frame().set_index("layer")
+    assert df.loc["act", "dormant_fraction"] == 0.5 and df.loc["fc1", "dormant_fraction"] == 0.5
+
+
+def test_timm_convnext_mlp_units():
+    timm = pytest.importorskip("timm")
+    # convnext_tiny/small/base... default to conv_mlp=False (channels-last Linear MLP); atto is small
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=2, conv_mlp=False)
+    stats = capture(model, [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1]))], backward=False)
+    fc1 = model.stages[0].blocks[0].mlp.fc1
+    assert stats.activations["stages.0.blocks.0.mlp.act"].units == fc1.out_features  # not 16 (= H)
+
+
+def test_conv1d_units_are_channels():
+    model = nn.Sequential(nn.Conv1d(2, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7, 3))
+    stats = capture(model, [(torch.randn(5, 2, 7), torch.zeros(5, dtype=torch.long))], backward=False)
+    assert stats.activations["1"].units == 4  # not 7 (the length)
+
+
+class SharedReLU(nn.Module):
+    """torchvision ResNet style: one ReLU module applied after two different layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.relu, self.head = nn.Linear(10, 4), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+def test_a_shared_activation_module_is_measured_per_call():
+    torch.manual_seed(0)
+    model = SharedReLU()
+    with torch.no_grad():
+        model.fc1.bias[:2] = -1e3  # fc1: units 0, 1 dead -> 50% dormant, 50% zero units
+        model.fc2.weight.zero_()
+        model.fc2.bias.fill_(1.0)  # fc2: every unit outputs 1 -> 0% dormant
+    df = diagnose(model, _batches([16, 16])).to_frame().set_index("layer")
+    assert df.loc["fc1", "dormant_fraction"] == 0.5  # fc2's output was averaged in
+    assert df.loc["fc1", "zero_unit_fraction"] == 0.5
+    assert df.loc["fc2", "dormant_fraction"] == 0.0  # was NaN: fc2 got no dormancy
+
+
+def test_gradients_are_the_mean_over_batches_of_each_batch_mean_gradient():
+    # the documented convention (README: g = the gradient of one batch, E = mean over the batches), shared with
+    # the utility pass; a small last batch weighs as much as a full one
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 3))
+    batches = _batches([6, 1])
+    stats = capture(model, batches, num_batches=2, grad_batches=2)
+    per_batch = [torch.autograd.grad(F.cross_entropy(model(x), y), [model[0].weight])[0] for x, y in batches]
+    assert torch.allclose(stats.grads["0"], (per_batch[0] + per_batch[1]) / 2, atol=1e-6)
+
+
+def test_float64_model_with_gelu_is_probed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.GELU(), nn.Linear(8, 3)).double()
+    batches = [(x.double(), y) for x, y in _batches([16, 16])]
+    report = diagnose(model, batches)  # was a ConfigError from vector_norm's dtype
+    assert 0 <= report.to_frame().set_index("layer").loc["1", "dormant_fraction"] <= 1
+
+
+def test_compare_table_with_a_prelu_model():
+    from replast.diagnose_cmd import _top_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.PReLU(), nn.Linear(8, 3))
+    report = diagnose(model, _batches([16, 16]))
+    table = _top_table(report, report)  # "1" is a param row and an activation row
+    assert table.row_count == len(report.to_frame().query("kind == 'param'"))

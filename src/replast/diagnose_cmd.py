@@ -49,7 +49,9 @@ def _top_table(report, reference, rows: int = 15) -> Table:
     # Conv/Linear rows only: they carry the dormancy of the activation they feed, so their scores compare.
     frame = frame[(frame["kind"] == "param") & frame["plasticity_score"].notna()]
     frame = frame.sort_values("plasticity_score", ascending=False).head(rows)
-    ref = reference.to_frame().set_index("layer")["plasticity_score"] if reference is not None else None
+    ref = None
+    if reference is not None:  # param rows only: a PReLU is also an activation row of the same name
+        ref = reference.to_frame().query("kind == 'param'").set_index("layer")["plasticity_score"]
     table = Table(title=f"least plastic layers (of {len(report.rows)})")
     for column in (*SHOWN_COLUMNS, *(("reference_score",) if ref is not None else ())):
         table.add_column(column)

@@ -115,7 +115,7 @@ def report_from_stats(
         rows.append({"layer": name, "kind": "attention", "module": type(modules[name]).__name__,
                      "attn_entropy": float(ent.mean()), "notes": ""})  # fmt: skip
     for r in rows:
-        r["depth"] = depth[r["layer"]]
+        r["depth"] = depth[r["layer"].split("#")[0]]  # "relu#2": second call of a shared activation
         r["plasticity_score"] = dx.plasticity_score(r)
     rows.sort(key=lambda r: (r["depth"], r["kind"]))
     features, feature_note = dx.feature_ranks(stats.features)

@@ -292,10 +292,13 @@ class _Recorder:
         self.attention: dict[str, list] = {}
         self.notes: list[str] = []
         self.handles: list = []
+        self.last_unit: nn.Module | None = None
+        self.calls: dict[str, int] = {}
 
     def attach(self) -> None:
         modules = dict(self.model.named_modules())
         params = param_layers(self.model)
+        self.handles.append(self.model.register_forward_pre_hook(self._forward_start))
         for name, m in modules.items():
             if name in params or isinstance(m, self.types):
                 self.handles.append(m.register_forward_pre_hook(self._order_hook(name)))
@@ -313,24 +316,43 @@ class _Recorder:
             h.remove()
         self.handles.clear()
 
+    def _forward_start(self, _m: nn.Module, _inputs: tuple) -> None:
+        self.calls = {}
+
+    def _call_key(self, name: str, m: nn.Module, advance: bool) -> str:
+        """`name` on a module's first call in a forward, `name#k` on its k-th (a ReLU shared by two layers)."""
+        if not isinstance(m, self.types):
+            return name
+        k = self.calls.get(name, 0) + (0 if advance else -1)
+        if advance:
+            self.calls[name] = k + 1
+        return name if k <= 0 else f"{name}#{k + 1}"
+
     def _order_hook(self, name: str):
-        def hook(_m: nn.Module, _inputs: tuple) -> None:
-            if name not in self.seen:
-                self.seen.add(name)
-                self.order.append(name)
+        def hook(m: nn.Module, _inputs: tuple) -> None:
+            if isinstance(m, UNIT_LAYERS):
+                self.last_unit = m
+            key = self._call_key(name, m, advance=True)
+            if key not in self.seen:
+                self.seen.add(key)
+                self.order.append(key)
 
         return hook
 
     def _act_hook(self, name: str, kind: str):
-        def hook(_m: nn.Module, _inputs: tuple, out: Tensor) -> None:
+        def hook(m: nn.Module, _inputs: tuple, out: Tensor) -> None:
             if isinstance(out, Tensor) and out.ndim >= 2:
-                self._accumulate(name, kind, out.detach())
+                self._accumulate(self._call_key(name, m, advance=False), kind, out.detach())
 
         return hook
 
     def _accumulate(self, name: str, kind: str, a: Tensor) -> None:
-        if a.ndim == 3:  # [B, T, D] tokens: units are the channels D
-            a = a.transpose(1, 2)
+        last = self.last_unit  # units: a Linear's last dim ([B, T, D] tokens, channels-last maps), else dim 1
+        if a.ndim >= 3 and (
+            (isinstance(last, nn.Linear) and a.shape[-1] == last.out_features)
+            or (a.ndim == 3 and not isinstance(last, nn.modules.conv._ConvNd))
+        ):
+            a = a.movedim(-1, 1)
         st = self.acts.get(name)
         if st is None:
             st = self.acts[name] = ActivationStats.empty(kind, a.shape[1], a.device)
@@ -378,7 +400,7 @@ def accumulate(st: ActivationStats, a: Tensor) -> None:
     """
     dims = [d for d in range(a.ndim) if d != 1]
     relu = st.kind in ("ReLU", "ReLU6")  # outputs >= 0: sum(a) is sum(|a|)
-    f32 = torch.float32  # bf16/fp16 activations under autocast: keep the sums in float32
+    f32 = torch.promote_types(a.dtype, torch.float32)  # bf16/fp16 under autocast: float32; float64 stays
     unit_sum = a.sum(dims, dtype=f32) if relu else torch.linalg.vector_norm(a, 1, dims, dtype=f32)
     st.sum_abs += torch.where(torch.isfinite(unit_sum), unit_sum, 0).double()
     # ReLU outputs are >= 0, so a unit was never positive exactly when its sum is 0: no max needed.
