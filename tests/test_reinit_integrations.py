@@ -122,3 +122,48 @@ def test_callback_reapplies_every_k_steps_and_resumes_without_a_second_reset(tmp
     _fit(resumed, again, batches=4, epochs=2, ckpt_path=checkpoint, root=tmp_path / "resumed")
     assert again.report is None and torch.equal(resumed.seen[0], saved)  # the checkpoint's weights, no reset
     assert [e["step"] for e in again.continual.events] == [2, 4, 6, 8]  # the schedule continues
+
+
+# ---- one re-initialization per module, not one per fit() -----------------------------------------------
+def _frozen_module():
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)  # training leaves the weights alone
+
+    return Module()
+
+
+def _fit_once(trainer_kwargs, module, loader, callback):
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback], **trainer_kwargs)
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_callback_resets_once_not_at_every_fit_call():
+    """A second fit() with the same callback (a second stage, or a continued fit) re-initializes again."""
+    from replast.integrations import RestorePlasticity
+
+    torch.manual_seed(0)
+    module = _frozen_module()
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    callback = RestorePlasticity(utility="magnitude", fraction=0.5, num_batches=1)
+    _fit_once({"max_epochs": 1, "limit_train_batches": 1}, module, loader, callback)
+    after_first = {k: v.clone() for k, v in module.state_dict().items()}
+    _fit_once({"max_epochs": 1, "limit_train_batches": 1}, module, loader, callback)
+    assert all(torch.equal(v, after_first[k]) for k, v in module.state_dict().items())

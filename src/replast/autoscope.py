@@ -36,6 +36,15 @@ class AutoScope:
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def choose_against_photos(model: nn.Module, batches: list, data, batch_size: int, seed: int) -> AutoScope:
+    """`choose_layers` against the natural photos prepared as `data` is (its preprocessing and image size):
+    what `--reinit.scope auto` runs, in `finetune` and in `replast reinit`."""
+    from replast.reference import reference_batches  # lazy: it loads scikit-image's photos
+
+    reference = reference_batches(data.preprocessing, data.image_size, batch_size=batch_size, seed=seed)
+    return choose_layers(model, batches, reference)
+
+
 def choose_layers(
     model: nn.Module,
     batches: Iterable,

@@ -27,19 +27,29 @@ def export_reinitialized(*, model: str, data: str, out: str, weights: str, batch
     path = Path(out)
     if path.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: the output must be a .safetensors file")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; choose another --out or pass --overwrite")
+    report_path = path.with_suffix(".json")
+    try:
+        existing = [p for p in (path, report_path) if p.exists()]
+    except OSError as e:
+        raise OutputError(f"--out {out}: {e.strerror}; choose another path") from e
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]} exists; choose another --out or pass --overwrite")
     check_creatable(path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net, splits = load_model_and_data(model, data, weights=weights, device=device, image_size=image_size,
                                       seed=seed, max_samples=max_samples)
     batches = first_batches(splits, "train", batch_size, reinit.batches, seed=seed)
-    report = restore_plasticity(net, batches, seed=seed, **asdict(reinit))
+    options = asdict(reinit)
+    if reinit.scope == "auto":  # as finetune does: the layers more saturated on the data than on photos
+        from replast.autoscope import choose_against_photos
+
+        options["scope"] = choose_against_photos(net, batches, splits, batch_size, seed).fractions
+    report = restore_plasticity(net, batches, seed=seed, **options)
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     metadata = {"model": model, "classes": json.dumps(splits.classes), "reinit": json.dumps(asdict(reinit)),
                 "seed": str(seed), "format": "replast-state-dict"}
     atomic_write(path, lambda f: f.write(save(state, metadata=metadata)))
-    write_text(path.with_suffix(".json"), report.to_json())
+    write_text(report_path, report.to_json())
     console.print(f"re-initialized {report.n_reset} of {report.numel} eligible weights "
                   f"({report.n_reset / max(report.numel, 1):.2%}) in {report.total_time_s:.2f} s; wrote {path}")
     return 0

@@ -49,10 +49,12 @@ def _build() -> type:
         `batches_from` = "train" | "val" names the dataloader the utility pass reads, `num_batches`
         how many of its batches (overrides `batches`). The report is kept as `self.report`. A fit resumed
         from a checkpoint (`ckpt_path`) keeps the checkpoint's weights and continues the schedule from
-        the state saved with it.
+        the state saved with it. The module is re-initialized at the first `fit` only; `every_fit=True`
+        re-initializes it at every `fit` call.
         """
 
-        def __init__(self, *, batches_from: str = "train", num_batches: int = 8, **options: Any) -> None:
+        def __init__(self, *, batches_from: str = "train", num_batches: int = 8, every_fit: bool = False,
+                     **options: Any) -> None:
             if batches_from not in ("train", "val"):
                 raise ConfigError(f"batches_from={batches_from!r}: valid: train, val")
             options["batches"] = num_batches
@@ -66,11 +68,16 @@ def _build() -> type:
             self.continual: Continual | None = None
             self._saved: dict[str, Any] | None = None
             self._last_step = -1
+            self.every_fit, self._applied = every_fit, False
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             batches = list(_batches(_source(trainer, self.batches_from), pl_module.device, self.num_batches))
             resuming = trainer.ckpt_path is not None  # the checkpoint's weights are already loaded: keep them
-            self.report = None if resuming else restore_plasticity(pl_module, batches, **self.options)
+            if resuming:
+                self.report = None
+            elif self.every_fit or not self._applied:  # a later fit() (a second stage) keeps the first edit
+                self.report = restore_plasticity(pl_module, batches, **self.options)
+            self._applied = True
             if not self.during_training:
                 return
             if len(trainer.optimizers) != 1:

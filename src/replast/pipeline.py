@@ -178,11 +178,9 @@ def _utility_batches(cfg: FinetuneConfig, data, fabric: Fabric) -> list:
 
 
 def _auto_scope(cfg: FinetuneConfig, model: nn.Module, data, batches):
-    from replast.autoscope import choose_layers
-    from replast.reference import reference_batches
+    from replast.autoscope import choose_against_photos
 
-    reference = reference_batches(data.preprocessing, data.image_size, batch_size=cfg.batch_size, seed=cfg.seed)
-    return choose_layers(model, batches, reference)
+    return choose_against_photos(model, batches, data, cfg.batch_size, cfg.seed)
 
 
 def _make_trainer(cfg, fabric, model, family, num_classes, steps_per_epoch, run_dir) -> Trainer:

@@ -247,7 +247,7 @@ def forward_checked(model: nn.Module, x: Tensor) -> Tensor:
         out = model(x)
     except torch.OutOfMemoryError:
         raise
-    except RuntimeError as e:
+    except (RuntimeError, AssertionError) as e:  # timm and torchvision check input sizes with asserts
         raise ConfigError(
             f"batch x of shape {list(x.shape)} ({x.dtype}) does not fit the model, which expects "
             f"{expected_input(model)}: {quote(e, 200)}"

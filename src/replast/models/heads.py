@@ -15,7 +15,8 @@ from torch import nn
 from replast.errors import ConfigError, ModelError
 
 # torchvision models whose head is not simply their last nn.Linear are listed here by class.
-_TORCHVISION_HEADS: dict[type[nn.Module], str] = {torchvision.models.MobileNetV2: "classifier.1"}
+_TORCHVISION_HEADS: dict[type[nn.Module], str] = {torchvision.models.MobileNetV2: "classifier.1",
+                                                   torchvision.models.SqueezeNet: "classifier.1"}
 
 
 def classifier_name(model: nn.Module) -> str:
@@ -35,6 +36,17 @@ def classifier_name(model: nn.Module) -> str:
     return linears[-1]
 
 
+def classifier_names(model: nn.Module) -> list[str]:
+    """Every head of the model: timm's distilled models average `head` and `head_dist`."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    names = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if isinstance(names, (tuple, list)):
+        found = [n for n in names if _has_module(model, n)]
+        if found:
+            return found
+    return [classifier_name(model)]
+
+
 def head_classes(model: nn.Module) -> int | None:
     """Number of outputs of the head, or None when it is not a Linear or 1×1 Conv2d."""
     head = model.get_submodule(classifier_name(model))
@@ -49,7 +61,13 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Put a freshly initialized head with `num_classes` outputs in place of the current one; returns it."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    name = classifier_name(model)
+    heads = classifier_names(model)
+    for extra in heads[1:]:
+        _swap_head(model, extra, num_classes)
+    return _swap_head(model, heads[0], num_classes)
+
+
+def _swap_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     old = model.get_submodule(name)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)

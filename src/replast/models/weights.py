@@ -28,10 +28,14 @@ _PREFIXES = ("module.", "_orig_mod.")
 def read_state_dict(path: str | Path) -> StateDict:
     """The tensors of a `.pth`/`.pt`/`.safetensors` weight file (unwrapped from a checkpoint dict)."""
     path = Path(path).expanduser()
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:
+        raise ModelError(f"cannot read weight file {str(path)!r}: {e.strerror or e}") from e
+    if not exists:
         raise ModelError(f"weight file {str(path)!r} not found; pass weights=pretrained, none or an existing "
                          ".pth/.safetensors file")
-    if not path.is_file():
+    if not is_file:
         raise ModelError(f"weights {str(path)!r} is not a file; pass a .pth or .safetensors file")
     try:
         raw = _read(path)
@@ -68,7 +72,8 @@ def _unwrap(raw: object, path: Path) -> StateDict:
     return state
 
 
-def map_keys_in_order(source: StateDict, target: Mapping[str, torch.Tensor], what: str) -> StateDict:
+def map_keys_in_order(source: StateDict, target: Mapping[str, torch.Tensor], what: str,
+                      head: str | None = None) -> StateDict:
     """Rename `source` entries to `target`'s names by position; counts, shapes and leaf names must agree.
 
     For layouts that differ only in naming (lukemelas EfficientNet → timm): both list the same tensors in the
@@ -79,7 +84,10 @@ def map_keys_in_order(source: StateDict, target: Mapping[str, torch.Tensor], wha
         raise ModelError(f"{what}: {len(src)} tensors, the model has {len(dst)}; "
                          "these weights belong to another architecture")
     for i, (s, d) in enumerate(zip(src, dst, strict=True)):
-        if tuple(source[s].shape) != tuple(target[d].shape) or _leaf(s) != _leaf(d):
+        shape_s, shape_d = tuple(source[s].shape), tuple(target[d].shape)
+        if head and d.startswith(head + ".") and shape_s[1:] == shape_d[1:]:
+            shape_s = shape_d  # a fine-tuned head has its own class count; apply_state_dict resizes the model's
+        if shape_s != shape_d or _leaf(s) != _leaf(d):
             raise ModelError(f"{what}: tensor {i} {s!r} {tuple(source[s].shape)} does not match the model's "
                              f"{d!r} {tuple(target[d].shape)}; these weights belong to another architecture")
     return {d: source[s] for s, d in zip(src, dst, strict=True)}
@@ -127,7 +135,7 @@ def _fit_head(model: nn.Module, state: StateDict, head: str) -> None:
         replace_head(model, int(weight.shape[0]))
 
 
-KeyMap = Callable[[StateDict, Mapping[str, torch.Tensor], str], StateDict]
+KeyMap = Callable[..., StateDict]
 
 
 def load_weights(model: nn.Module, weights: str, asset: Asset | None = None, keymap: KeyMap | None = None) -> bool:
@@ -146,5 +154,5 @@ def load_weights(model: nn.Module, weights: str, asset: Asset | None = None, key
     state = read_state_dict(path)
     target = model.state_dict()
     if keymap is not None and not set(state) <= set(target):
-        state = keymap(state, target, str(path))
+        state = keymap(state, target, str(path), head=classifier_name(model))
     return apply_state_dict(model, state, str(path))
