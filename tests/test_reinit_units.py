@@ -11,7 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from replast.reinit import restore_plasticity
+from replast.reinit import restore_plasticity, utility_scores
+from replast.reinit.blocks import block_ids
+from replast.reinit.layers import candidate_layers
 from replast.reinit.pairing import pair_layers
 from replast.reinit.trace import trace
 from replast.reinit.units import (
@@ -353,3 +355,54 @@ def test_shared_module_and_failed_trace_fall_back(monkeypatch: pytest.MonkeyPatc
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     report = restore_plasticity(model, data, utility="magnitude", level="unit")
     assert "forward trace failed" in report.rows[0].note and report.rows[0].n_reset > 0
+
+
+# ---- blocks of deep ResNets and wrapped models; CBP's outgoing weights past a depthwise tie -------------
+@pytest.mark.parametrize("depth", [50, 101, 152])
+def test_resnet_blocks_are_the_stem_and_the_four_stages_at_every_depth(depth: int) -> None:
+    """blocks.py: ResNet-101/152's layer3 holds >= half of the convs, so it is taken for the 'main container':
+    its 23/36 bottlenecks become the blocks and layer4 is folded into the last one (ResNet-50: 5 blocks)."""
+    import torchvision
+
+    with torch.device("meta"):  # names only: no weights drawn
+        model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=3)
+    layers = candidate_layers(model, ["fc"])
+    ids, n_blocks = block_ids(model, layers)
+    last = {name.split(".")[0] for name, b in zip(layers, ids, strict=True) if b == n_blocks - 1}
+    first = {name.split(".")[0] for name, b in zip(layers, ids, strict=True) if b == 0}
+    assert (n_blocks, last, first) == (5, {"layer4"}, {"conv1"})
+
+
+def test_cbp_outgoing_weights_are_those_a_reset_zeroes_past_a_depthwise_tie() -> None:
+    """scoring.py _outgoing_abs sums |w| of the activation *site* (the tied depthwise conv), not of the consumer
+    whose columns zero_outgoing zeroes. README: cbp = mean|a| x sum|outgoing w|, and 'a unit reset with zeroed
+    outgoing weights would otherwise score lowest again' -- false for every MobileNet expand conv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[6].weight[:, 2] = 0  # unit 2 of layer "0" as right after a cbp reset: no outgoing weights
+    data = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))]
+    scores = utility_scores(model, data, "cbp", level="unit")["0"]
+    assert scores.shape == (6,) and (scores > 0).sum() >= 5  # paired; the other units contribute
+    assert scores[2] == 0
+
+
+def test_a_wrapped_model_has_the_blocks_of_the_model_it_wraps() -> None:
+    """blocks.py: a LightningModule-style wrapper (`self.model = timm.create_model(...)`) has no container child,
+    so every layer lands in one block 'model': top-layers / bottom-layers with layers=1 reset the whole network."""
+    import timm
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    wrapped = Wrapper()
+    bare = block_ids(wrapped.model, candidate_layers(wrapped.model, ["classifier"]))
+    assert bare[1] == 7  # conv_stem + stages 0..6 + conv_head: stem joins stage 0, head joins stage 6
+    assert block_ids(wrapped, candidate_layers(wrapped, ["model.classifier"])) == bare

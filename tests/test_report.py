@@ -17,7 +17,7 @@ import yaml
 
 from replast.config import FinetuneConfig
 from replast.report import render
-from replast.report.labels import figure_stems
+from replast.report.labels import arm_labels, figure_stems
 from replast.report.plots import arm_colors
 from replast.report.summary import sentence, significant_values
 from replast.report.tables import arm_table
@@ -336,9 +336,9 @@ def test_overview_across_conditions_known_answers(study_out):
     assert md.index("## All conditions at a glance") < md.index(f"## {br}")
     assert f"| Strategy | {br} | {fm} | Higher | Lower |" in md
     assert "| none (test acc) | 82.0% | 82.0% |  |  |" in md
-    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 |" in md
+    assert "| targeted (fraction=0.1) | +5.0\\* | +5.0\\* | 2 | 0 |" in md
     assert "| targeted (fraction=0.3) | +0.0 | +0.0 | 0 | 0 |" in md
-    assert "| linear-probe | -20.0* | -20.0* | 0 | 2 |" in md
+    assert "| linear-probe | -20.0\\* | -20.0\\* | 0 | 2 |" in md
     # Pooled over both conditions: 6 pairs each. Targeted 0.1's +5, +4, +6 pp twice: mean 5, sd 0.8944, t = 13.69
     # with 5 dof (p 3.73e-5), interval 5 ± 2.5706 · 0.8944 / √6 = 5 ± 0.9386; Holm × 2 (linear-probe's is smaller).
     assert table.loc["targeted (fraction=0.1)", ["pooled_n", "pooled_p"]].tolist() == [6, pytest.approx(3.7265e-5, abs=1e-8)]
@@ -347,7 +347,7 @@ def test_overview_across_conditions_known_answers(study_out):
     assert table.loc["targeted (fraction=0.3)", "pooled_p"] == pytest.approx(1.0)
     assert table.loc["targeted (fraction=0.1)", "pooled_p_holm"] == pytest.approx(2 * 3.7265e-5, abs=1e-8)
     assert table.loc["targeted (fraction=0.1)", "pooled_significant"]
-    assert "| targeted (fraction=0.1) | +5.0* | +5.0* | 2 | 0 | +5.0* [+4.1, +5.9] (6) | <0.001 |" in md
+    assert "| targeted (fraction=0.1) | +5.0\\* | +5.0\\* | 2 | 0 | +5.0\\* [+4.1, +5.9] (6) | &lt;0.001 |" in md
     assert "| none (test acc) | 82.0% | 82.0% |  |  |  |  |" in md
 
 
@@ -360,7 +360,7 @@ def _drop_runs(out: Path, *needles: str) -> None:
 def test_overview_marks_arms_missing_from_a_condition_and_needs_two_conditions(study_out):
     _drop_runs(study_out, "fashion-mnist", "linear-probe")
     render(study_out)
-    assert "| linear-probe | -20.0* | — | 0 | 1 |" in (study_out / "report.md").read_text()
+    assert "| linear-probe | -20.0\\* | — | 0 | 1 |" in (study_out / "report.md").read_text()
     _drop_runs(study_out, "fashion-mnist")
     render(study_out)
     assert "All conditions at a glance" not in (study_out / "report.md").read_text()
@@ -403,3 +403,114 @@ def test_table_rows_one_seed_never_reached_and_rounding():
 def test_sentence_when_no_run_has_an_accuracy():
     runs = pd.DataFrame({"arm": ["none", "x"], "seed": [0, 0], "test_acc": [np.nan, np.nan]})
     assert sentence(arm_table(runs), has_baseline=True) == "No finished runs."
+
+
+# ---- labels: two settings merged into one arm ---------------------------------------------------------
+def test_global_selection_uses_fraction_even_with_a_scope_mapping():
+    """Evidence for the next test (passes): selection=global ranks with reinit.fraction whatever the scope,
+    so scope auto (a {layer: fraction} mapping) does not make fraction unused there."""
+    from test_reinit import batches, tiny
+
+    from replast.reinit import restore_plasticity
+
+    n_reset = [restore_plasticity(tiny(), batches(), utility="magnitude", selection="global", fraction=f,
+                                  scope={"0": 0.5, "3": 0.5}).n_reset for f in (0.05, 0.2)]
+    assert n_reset[0] < n_reset[1]
+
+
+def test_scope_auto_with_global_selection_keeps_fraction_in_the_arm_label():
+    runs = pd.DataFrame([{"reinit.strategy": "targeted", "reinit.selection": "global", "reinit.scope": "auto",
+                          "reinit.fraction": f} for f in (0.05, 0.2)])
+    labels = list(arm_labels(runs))
+    assert labels[0] != labels[1], labels  # two different settings, one arm: their seeds get averaged
+
+
+# ---- labels: a late field merged from a part that predates it (regression guard: passes with pandas 3's
+# str dtype, whose astype(str) keeps NaN out of nunique; with object columns it would split each arm in two) ----
+def test_merging_a_part_without_a_late_field_keeps_one_arm_per_setting(study_out, tmp_path):  # noqa: F811
+    from replast.experiment import collect
+    from replast.store import merge
+
+    collect(study_out)
+    published = tmp_path / "published"  # e.g. docs/results/paper: its results.csv has no reinit.unpaired
+    published.mkdir()
+    results = pd.read_csv(study_out / "results.csv")
+    assert "reinit.unpaired" in results
+    results.drop(columns=["reinit.unpaired"]).to_csv(published / "results.csv", index=False)
+    (published / "curves.csv").write_text((study_out / "curves.csv").read_text())
+    part = tmp_path / "part"  # two more seeds run with today's replast, which writes reinit.unpaired
+    for seed in (3, 4):
+        write_run(part, {"data": "br35h", "seed": seed, "reinit.strategy": "targeted", "reinit.fraction": 0.1},
+                  0.86, [0.80, 0.85, 0.86])
+    merge(part, published)
+    render(published)
+    arms = set(pd.read_csv(published / "report" / "summary.csv")["arm"])
+    assert arms == {"none", "linear-probe", "targeted (fraction=0.1)", "targeted (fraction=0.3)"}, arms
+
+
+# ---- store.collect: a malformed run file is a failure, not a crash ------------------------------------
+def test_collect_lists_a_run_whose_config_is_not_utf8_as_damaged(study_out):  # noqa: F811
+    from replast.store import collect
+
+    run = sorted((study_out / "runs").iterdir())[0]
+    (run / "config.yaml").write_bytes(b"model: mobilenetv2_100\ndata: br35h\xff\xfe\n")
+    _, _, failures = collect(study_out, write=False)
+    assert {f["hash"]: f["status"] for f in failures}.get(run.name) == "damaged"
+
+
+# ---- layers: a file counted as "left out" must be left out -------------------------------------------
+def test_a_partly_unreadable_diagnosis_file_is_left_out_entirely(tmp_path):
+    from replast.report import layers
+
+    run = tmp_path / "runs" / "h1"
+    run.mkdir(parents=True)
+    good = {"features": {"effective_rank": 10.0}, "rows": [
+        {"layer": "a", "kind": "param", "depth": 1, "plasticity_score": 0.2, "dormant_fraction": 0.5,
+         "small_grad_fraction": 0.1}]}
+    (run / "diagnosis.json").write_text(json.dumps({"before_reinit": good,
+                                                    "after_reinit": {"rows": [{"kind": "param"}]}}))
+    frame, features, unreadable = layers.load(tmp_path, pd.DataFrame({"hash": ["h1"], "arm": ["x"]}))
+    assert unreadable == 1
+    assert frame.empty and features.empty, (frame, features)  # the report says it is "left out"
+
+
+# ---- markdown: failure reasons and arm names shown literally -----------------------------------------
+def test_markdown_cells_show_angle_brackets_and_stars_literally():
+    from markdown_it import MarkdownIt
+
+    from replast.report.blocks import Table
+    from replast.report.markdown import to_markdown
+
+    reason = "AttributeError: Can't pickle local object 'loader.<locals>.<lambda>'"
+    arm = 'targeted (include=["blocks.*.conv", "stem*"])'
+    html = MarkdownIt("commonmark").enable("table").render(
+        to_markdown([Table(["Strategy", "reason"], [[arm, reason]])]))
+    assert "&lt;locals&gt;.&lt;lambda&gt;" in html, html  # not swallowed as raw HTML tags
+    assert "<em>" not in html and "blocks.*.conv" in html, html
+
+
+# ---- report from results.csv: blank cells of unfinished runs -----------------------------------------
+def test_failures_read_from_results_csv_show_blank_reasons_blank(tmp_path):
+    out = tmp_path / "csv"
+    out.mkdir()
+    pd.DataFrame([{"hash": "abc", "status": "queued", "reason": "", "model": "m", "data": "d", "seed": 0,
+                   "reinit.strategy": "none"}]).to_csv(out / "results.csv", index=False)
+    render(out)
+    md = (out / "report.md").read_text()
+    assert "| abc | queued |  | m | d | 0 | none |" in md, md.split("## Failed")[1]
+
+
+# ---- merge: a malformed CSV is an OutputError before anything is written ---------------------------------
+def test_merge_refuses_a_results_row_with_extra_cells_before_writing(tmp_path):
+    import pytest
+
+    from replast.errors import OutputError
+    from replast.store import merge
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "results.csv").write_text("hash,status\nabc,finished,stray\n")
+    (source / "curves.csv").write_text("hash,epoch,val_acc\nabc,1,0.5\n")
+    with pytest.raises(OutputError):
+        merge(source, tmp_path / "into")
+    assert not (tmp_path / "into" / "curves.csv").exists()  # no half-merged INTO

@@ -68,8 +68,8 @@ class ReinitConfig:
     selection: str = "per-layer"
     """per-layer | global | threshold | top-layers | bottom-layers."""
     fraction: float = 0.1
-    """Fraction p re-initialized (per-layer and global selections; unused with scope auto, which sets each
-    chosen layer's fraction itself)."""
+    """Fraction p re-initialized (per-layer and global selections; with scope auto, which sets each chosen
+    layer's fraction itself, only global uses it: it ranks the chosen layers together)."""
     threshold: float = 0.1
     """tau for the threshold selection (normalized score <= tau is reset)."""
     layers: int = 1
@@ -98,7 +98,7 @@ class ReinitConfig:
     """Module-name patterns to restrict eligible layers to (empty = all eligible)."""
     scope: str = "all"
     """all | auto (choose layers that are more saturated on the data than on natural photos; each chosen
-    layer's fraction is its excess saturation, at most 0.3, and `fraction` is not used)."""
+    layer's fraction is its excess saturation, at most 0.3, and only a global selection uses `fraction`)."""
     shrink: float = 0.4
     """lambda of shrink-and-perturb."""
     perturb: float = 0.1

@@ -75,7 +75,7 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
         row.update({k: _cell(v) for k, v in flatten(config).items() if k not in OPERATIONAL})
         # a run made before a field existed ran with what is now its default
         row.update({key: default for key, default in late_field_defaults().items() if key not in row})
-    except (OSError, yaml.YAMLError, AttributeError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
         problems.append(f"unreadable config.yaml ({type(e).__name__})")
     if (run_dir / "metrics.csv").exists():
         try:
@@ -171,9 +171,13 @@ class CsvTable:
     rows: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str) -> CsvTable:
+    def parse(cls, text: str, path: Path | None = None) -> CsvTable:
         reader = csv.DictReader(io.StringIO(text))
-        return cls(list(reader.fieldnames or []), list(reader))
+        rows = list(reader)
+        if any(None in row for row in rows):  # DictReader files extra cells under the key None
+            raise OutputError(f"{path or 'a CSV table'} has rows with more cells than its header; "
+                              "is it a replast results file?")
+        return cls(list(reader.fieldnames or []), rows)
 
     def text(self) -> str:
         if not self.columns:
@@ -197,7 +201,7 @@ def _tables(out: Path) -> tuple[CsvTable, CsvTable]:
         texts = [(out / name).read_text() if (out / name).is_file() else "" for name in ("results.csv", "curves.csv")]
     else:
         raise OutputError(f"{out} holds neither runs/ nor results.csv; pass a study's OUT directory")
-    tables = CsvTable.parse(texts[0]), CsvTable.parse(texts[1])
+    tables = CsvTable.parse(texts[0], out / "results.csv"), CsvTable.parse(texts[1], out / "curves.csv")
     for table, name in zip(tables, ("results.csv", "curves.csv"), strict=True):
         check_columns(out / name, table.columns)
     return tables
@@ -267,9 +271,10 @@ def merge(source: str | os.PathLike, into: str | os.PathLike) -> MergeSummary:
     target_curves.rows = [r for r in target_curves.rows if r["hash"] not in taken]
     target_curves.rows += [r for r in curves.rows if r["hash"] in taken]
     target_curves.add_columns(curves.columns)
+    curves_text, results_text = target_curves.text(), target.text()  # both, before either is written
     runfiles.make_directory(into, option="INTO")
-    write_text(into / "curves.csv", target_curves.text())
-    write_text(into / "results.csv", target.text())
+    write_text(into / "curves.csv", curves_text)
+    write_text(into / "results.csv", results_text)
     if study and not held:  # INTO now holds this study's runs: a later merge of another study is refused
         write_text(into / "study.json", (source / "study.json").read_text())
     return summary

@@ -16,10 +16,23 @@ from torch import nn
 from replast.reinit.layers import CONTAINERS
 
 
+def _root(layers: Sequence[str]) -> str:
+    """The innermost module holding every layer: a wrapper's wrapped model ('' when none)."""
+    common: list[str] = []
+    for parts in zip(*(n.split(".")[:-1] for n in layers), strict=False):  # as deep as the shortest name
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def _container(model: nn.Module, layers: Sequence[str]) -> str | None:
     """Prefix of the main container ('' for a sequential root), or None."""
     options = [""] if isinstance(model, CONTAINERS) else []
     options += [n for n, m in model.named_children() if isinstance(m, CONTAINERS)]
+    staged = [p for p in options if p and sum(n.startswith(p + ".") for n in layers) >= 2]
+    if not isinstance(model, CONTAINERS) and len(staged) > 1:  # sibling stages (ResNet's layer1..4)
+        return None
     best, count = None, 0
     for prefix in options:
         inside = sum(1 for n in layers if not prefix or n.startswith(prefix + "."))
@@ -30,6 +43,9 @@ def _container(model: nn.Module, layers: Sequence[str]) -> str | None:
 
 def block_ids(model: nn.Module, layers: Sequence[str]) -> tuple[list[int], int]:
     """Block index of each layer (in order of `layers`) and the number of blocks."""
+    root = _root(layers)
+    if root:  # a wrapper (LightningModule's `self.model`): the blocks of the model it wraps
+        return block_ids(model.get_submodule(root), [n[len(root) + 1:] for n in layers])
     prefix = _container(model, layers)
     depth = 0 if prefix is None else (1 if prefix == "" else 2)
     keys: list[str | None] = []

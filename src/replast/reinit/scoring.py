@@ -25,11 +25,12 @@ def activation_sites(unit_maps: dict[str, UnitMap]) -> dict[str, ActSite]:
 
 
 def _outgoing_abs(um: UnitMap, modules: dict[str, nn.Module], weight: Tensor) -> Tensor:
-    if not (um.paired and um.site):  # unknown outgoing weights: activation alone decides
+    if not (um.paired and um.consumer):  # unknown outgoing weights: activation alone decides
         return torch.ones(um.n_units, device=weight.device)
-    site = modules[um.site]
-    per_channel = input_channel_abs_sum(site.weight, getattr(site, "groups", 1)).float()
-    return group_by_unit(per_channel, um.site_cols, um.n_units, reduce="sum")
+    # the consumer's columns: the weights a reset zeroes (past a tied depthwise conv, not its filter)
+    consumer = modules[um.consumer]
+    per_channel = input_channel_abs_sum(consumer.weight, getattr(consumer, "groups", 1)).float()
+    return group_by_unit(per_channel, um.consumer_cols, um.n_units, reduce="sum")
 
 
 def layer_stats(name: str, modules: dict[str, nn.Module], stats: Stats | None, um: UnitMap,

@@ -26,6 +26,7 @@ from replast.report.markdown import to_markdown
 from replast.report.summary import sentence
 from replast.report.tables import Condition, conditions
 from replast.store import check_columns, study_name
+from replast.study import late_field_defaults
 
 METHODS = (
     "Accuracy is test-split accuracy at the end of training, mean over seeds with a 95% Student-t CI. "
@@ -50,7 +51,11 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
             return results, curves, []
         if (results["status"] == "finished").any() and "seed" not in results:  # runs are paired by seed
             raise OutputError(f"{out / 'results.csv'} has no seed column; is it a replast results file?")
-        return results, curves, results[results["status"] != "finished"].to_dict("records")
+        for key, default in late_field_defaults().items():  # rows of a part made before the field existed
+            if key in results:
+                results[key] = results[key].fillna(default)
+        unfinished = results[results["status"] != "finished"]
+        return results, curves, unfinished.astype(object).where(unfinished.notna(), "").to_dict("records")
     raise OutputError(f"{out} holds neither runs/ nor results.csv; run `replast sweep` first or check the path")
 
 

@@ -18,6 +18,8 @@ RUNTIME = {"accelerator", "devices", "num_nodes", "strategy", "deterministic", "
            "train.precision", "train.channels_last", "train.eval_batch_size", "train.track_plasticity"}
 # Knobs a run does not use, left out of its label: {knob: (field, value that makes it unused)}.
 UNUSED_WHEN = {"reinit.fraction": ("reinit.scope", "auto")}  # scope auto sets each layer's fraction
+# ... except where another field makes the run use it after all: selection global ranks with one fraction.
+USED_ANYWAY = {"reinit.fraction": ("reinit.selection", "global")}
 
 
 def default_mode() -> str:
@@ -62,7 +64,9 @@ def arm_labels(results: pd.DataFrame) -> pd.Series:
 
 def _unused(row: pd.Series, knob: str) -> bool:
     field, value = UNUSED_WHEN.get(knob, (None, None))
-    return field is not None and str(row.get(field)) == value
+    used, used_value = USED_ANYWAY.get(knob, (None, None))
+    return (field is not None and str(row.get(field)) == value
+            and not (used is not None and str(row.get(used)) == used_value))
 
 
 def condition_titles(results: pd.DataFrame, columns: list[str]) -> pd.Series:

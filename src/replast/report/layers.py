@@ -34,6 +34,7 @@ def load(out: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int
         path = out / "runs" / str(run_hash) / FILE
         if not path.is_file():
             continue
+        mine_layers, mine_features = [], []  # one file is read whole or left out whole
         try:
             stages = json.loads(path.read_text())
             for stage in STAGES:
@@ -41,11 +42,14 @@ def load(out: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int
                 if not report:
                     continue
                 key = {"hash": run_hash, "arm": arm, "stage": stage}
-                features.append({**key, **{k: v for k, v in report.get("features", {}).items() if v is not None}})
-                layers += [{**key, "layer": r["layer"], "depth": r["depth"], **{m: r.get(m) for m in METRICS}}
-                           for r in report["rows"] if r.get("kind") == "param"]
+                mine_features.append({**key, **{k: v for k, v in report.get("features", {}).items() if v is not None}})
+                mine_layers += [{**key, "layer": r["layer"], "depth": r["depth"], **{m: r.get(m) for m in METRICS}}
+                                for r in report["rows"] if r.get("kind") == "param"]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             unreadable += 1
+            continue
+        layers += mine_layers
+        features += mine_features
     numeric = list(METRICS)
     frame = pd.DataFrame(layers, columns=["hash", "arm", "stage", "layer", "depth", *numeric])
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")

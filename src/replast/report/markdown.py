@@ -7,8 +7,13 @@ from collections.abc import Sequence
 from replast.report.blocks import Block, Figure, Heading, Paragraph, Table
 
 
+def _text(text: str) -> str:
+    """Literal text: a backslash, '<' (raw HTML such as <lambda>) and '*' (emphasis) shown as written."""
+    return str(text).replace("\\", "\\\\").replace("<", "&lt;").replace("*", "\\*")
+
+
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(table: Table) -> str:
