@@ -87,18 +87,23 @@ def layer_aliases(model: nn.Module) -> dict[str, list[str]]:
 def candidate_layers(model: nn.Module, exclude: Sequence[str]) -> list[str]:
     """All weighted layers not excluded (before include/scope), in named_modules order; a tied weight is
     excluded when any module holding it is."""
-    return [n for n, names in layer_aliases(model).items() if not any(_matches(a, exclude) for a in names)]
+    return _not_excluded(layer_aliases(model), exclude)
+
+
+def _not_excluded(aliases: Mapping[str, list[str]], exclude: Sequence[str]) -> list[str]:
+    return [n for n, names in aliases.items() if not any(_matches(a, exclude) for a in names)]
 
 
 def eligible_layers(model: nn.Module, exclude: Sequence[str], include: Sequence[str],
                     scope: str | Mapping[str, float]) -> list[str]:
     """Layers the selection may touch; raises ConfigError when there are none."""
-    layers = candidate_layers(model, exclude)
+    aliases = layer_aliases(model)  # one walk of the model for exclude, include and scope
+    candidates = _not_excluded(aliases, exclude)
+    layers = candidates
     if include:  # a tied weight is included by the name of any module holding it
-        aliases = layer_aliases(model)
         layers = [n for n in layers if any(_matches(a, include) for a in aliases[n])]
     if isinstance(scope, Mapping):
-        unknown = sorted(set(scope) - set(candidate_layers(model, exclude)))
+        unknown = sorted(set(scope) - set(candidates))
         if unknown:
             raise ConfigError(f"scope names layers that are not eligible Conv/Linear layers: {unknown}; "
                               "use names from model.named_modules() that are not excluded")

@@ -52,18 +52,24 @@ def _mean(values: pd.Series) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
+def _epochs(runs: pd.DataFrame, column: str) -> pd.Series:
+    """Per run, the epoch it reached a target (inf: never; NaN: no target known)."""
+    return pd.to_numeric(runs.get(column, pd.Series(dtype=float)), errors="coerce")
+
+
 def _median_epochs(runs: pd.DataFrame, column: str) -> float:
     """Median epoch at which the runs reach a target (inf = most never do); NaN where no target is known."""
-    known = pd.to_numeric(runs.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    known = _epochs(runs, column).dropna()
     return float(np.median(known)) if len(known) else math.nan
 
 
 def _reached(runs: pd.DataFrame, column: str) -> int:
-    return int(np.isfinite(pd.to_numeric(runs.get(column, pd.Series(dtype=float)), errors="coerce")).sum())
+    return int(np.isfinite(_epochs(runs, column)).sum())
 
 
 def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None) -> dict:
-    ci = stats.mean_ci(list(by_seed(runs, METRIC).values()))
+    per_seed = by_seed(runs, METRIC)
+    ci = stats.mean_ci(list(per_seed.values()))
     row = {"arm": arm, "n": ci.n, "acc": ci.mean, "acc_low": ci.low, "acc_high": ci.high,
            "val_acc": _mean(runs.get("final_val_acc", pd.Series(dtype=float))),
            "delta": math.nan, "delta_low": math.nan, "delta_high": math.nan, "p": math.nan, "test": "", "pairs": 0,
@@ -73,7 +79,7 @@ def _arm_row(arm: str, runs: pd.DataFrame, base: pd.DataFrame | None) -> dict:
     if {"reinit_time_s", "epoch_time_s"} <= set(runs.columns):
         row["overhead_pct"] = _mean(100 * runs["reinit_time_s"] / runs["epoch_time_s"].replace(0, np.nan))
     if base is not None and arm != BASELINE:
-        r = stats.paired_comparison(by_seed(runs, METRIC), by_seed(base, METRIC))
+        r = stats.paired_comparison(per_seed, by_seed(base, METRIC))
         row.update(delta=r.mean_diff, delta_low=r.low, delta_high=r.high, p=r.p_value, test=r.test, pairs=r.n)
     return row
 
