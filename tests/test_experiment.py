@@ -143,6 +143,8 @@ def test_values_are_read_and_type_checked_as_on_the_command_line(tmp_path):
     ({"grid": {"seed": [0]}}, "`name` must be a non-empty string"),
     ({"name": "s", "grid": {"x": [{"seed": 0}, 1]}}, "mixes mappings and plain values"),
     ({"name": "s", "grid": {"seed": [0], "g": [{"seed": 1}]}}, "seed set by more than one grid entry"),
+    ({"name": "s", "runs": 5}, "`runs` must be a list of mappings"),
+    ({"name": "s", "include": {"seed": 1}}, "`include` must be a list of mappings"),
 ])
 def test_bad_study_files(content, match):
     with pytest.raises(ConfigError, match=match):

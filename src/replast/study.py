@@ -178,7 +178,13 @@ def parse_study(raw: Any, path: str = "<study>") -> Study:
         errors.append("`name` must be a non-empty string")
     sections = {k: raw.get(k) or {} for k in ("base", "grid")}
     errors += [f"`{k}` must be a mapping" for k, v in sections.items() if not isinstance(v, dict)]
-    runs = list(raw.get("runs") or []) + list(raw.get("include") or [])
+    runs: list[Any] = []
+    for key in ("runs", "include"):
+        entries = raw.get(key)
+        if isinstance(entries, list):
+            runs += entries
+        elif entries is not None:
+            errors.append(f"`{key}` must be a list of mappings, one `- {{KEY: VALUE}}` per run")
     errors += [f"runs[{i}] must be a mapping" for i, r in enumerate(runs) if not isinstance(r, dict)]
     if errors:
         raise ConfigError(f"{path}: " + "; ".join(errors))
