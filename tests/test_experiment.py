@@ -143,6 +143,9 @@ def test_values_are_read_and_type_checked_as_on_the_command_line(tmp_path):
     ({"grid": {"seed": [0]}}, "`name` must be a non-empty string"),
     ({"name": "s", "grid": {"x": [{"seed": 0}, 1]}}, "mixes mappings and plain values"),
     ({"name": "s", "grid": {"seed": [0], "g": [{"seed": 1}]}}, "seed set by more than one grid entry"),
+    # a key set by a later member of a group, not the first, still clashes (else one silently wins)
+    ({"name": "s", "grid": {"g": [{"seed": 0}, {"epochs": 2, "reinit.fraction": [0.1, 0.3]}],
+                            "reinit.fraction": [0.5]}}, "reinit.fraction set by more than one grid entry"),
     ({"name": "s", "runs": 5}, "`runs` must be a list of mappings"),
     ({"name": "s", "include": {"seed": 1}}, "`include` must be a list of mappings"),
 ])

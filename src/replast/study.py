@@ -236,7 +236,8 @@ def _expand(axes: Mapping[str, Any], where: str, keys: Mapping[str, Any], errors
     points: list[dict] = [{}]
     for key, value in axes.items():
         choices = _choices(key, value, where, keys, errors)
-        clash = {k for p in points[:1] for c in choices for k in c if k in p}
+        # every point meets every choice, and a group's members may set different keys
+        clash = set().union(*points) & set().union(*choices)
         if clash:
             errors.append(f"{where}: {', '.join(sorted(clash))} set by more than one grid entry")
         points = [{**p, **c} for p in points for c in choices]
