@@ -370,6 +370,25 @@ def test_collect_rebuild_equals_the_incremental_store(fake_trainer, study_file, 
     assert sweep(study_file, collect_only=True).ok
 
 
+def test_a_sweep_ending_after_another_on_the_same_out_writes_the_others_finished_runs(
+        fake_trainer, study_file, tmp_path):
+    # Two `--only` parts swept into one OUT at once: the part that ends last writes results.csv, and must
+    # not write the other part's runs as they stood when it started (queued) once they have finished.
+    out = tmp_path / "out"
+    other = sweep(study_file, only="seed=1").finished
+    finished = {h: (out / "runs" / h / "status.json").read_text() for h in other}
+    for h in other:  # the other sweep has just queued them
+        (out / "runs" / h / "status.json").write_text(json.dumps({"status": "queued", "updated": "x"}))
+
+    def other_sweep_finishes(line):
+        for h, text in finished.items():
+            (out / "runs" / h / "status.json").write_text(text)
+
+    sweep(study_file, only="seed=0", on_progress=other_sweep_finishes)
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 6 and set(results["status"]) == {"finished"}
+
+
 def test_collect_reads_a_field_added_later_as_its_default(fake_trainer, study_file, tmp_path):
     out = tmp_path / "out"
     sweep(study_file, only="seed=0")

@@ -194,8 +194,10 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
     elif pending:
         options = {"name": study.name, **(slurm or {})}
         launchers.run_slurm(pending, out_dir / "slurm", options, done, parallel=jobs if jobs > 1 else 0, wait=wait)
-    store.write()
+    # read afresh: another sweep of this OUT (another --only part) may have ended runs since this one started
+    final = Store(out_dir).load()
+    final.write()
     # Only this sweep's runs count: another sweep's queued or running runs are not failures of this one.
     own = {spec.hash for spec in specs} - set(summary.busy)
-    summary.failures = [f for f in store.failures() if f["hash"] in own]
+    summary.failures = [f for f in final.failures() if f["hash"] in own]
     return summary
