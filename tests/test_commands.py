@@ -134,6 +134,14 @@ def test_sweep_cluster_option_picks_the_submitit_executor(cli, fake_trainer, tmp
     assert code == 2 and "cluster" in err
 
 
+def test_sweep_with_the_slurm_launcher_where_there_is_no_slurm_is_one_line_and_writes_nothing(
+        cli, fake_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no srun to be found
+    code, _, err = cli("sweep", "--config", study(tmp_path, [0]), "--launcher", "slurm")
+    assert code == 2 and "srun" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # no runs left queued for a launcher that cannot start them
+
+
 # ---- replast reinit: sizes, paths, the report beside OUT, scope auto, round trip ---------------------------
 REINIT_SMALL = ["--model", "mobilenetv2_050", "--weights", "none", "--data", "synthetic", "--image_size", "32",
          "--batch_size", "8", "--reinit.batches", "1"]

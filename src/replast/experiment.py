@@ -170,6 +170,9 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         raise ConfigError(f"launcher={launcher!r}: valid: local, slurm")
     if jobs < 1:  # checked before OUT is touched: nothing is queued for a sweep that cannot start
         raise ConfigError(f"jobs={jobs}: must be at least 1")
+    if launcher == "slurm":  # likewise: no srun here
+        executor = launchers.slurm_executor(out_dir / "slurm", {"name": study.name, **(slurm or {})},
+                                            parallel=jobs if jobs > 1 else 0)
     runfiles.make_directory(out_dir)
     claim_out(out_dir, study, force)
     store = Store(out_dir).load()
@@ -192,8 +195,7 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
     if launcher == "local":
         launchers.run_local(pending, jobs, done)
     elif pending:
-        options = {"name": study.name, **(slurm or {})}
-        launchers.run_slurm(pending, out_dir / "slurm", options, done, parallel=jobs if jobs > 1 else 0, wait=wait)
+        launchers.run_slurm(pending, out_dir / "slurm", executor, done, wait=wait)
     # read afresh: another sweep of this OUT (another --only part) may have ended runs since this one started
     final = Store(out_dir).load()
     final.write()

@@ -213,13 +213,11 @@ def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = 
             finish(job.run_dir, proc.returncode)
 
 
-def run_slurm(jobs: Sequence[Job], folder: str | os.PathLike, options: Mapping[str, Any], on_done: OnDone,
-              *, parallel: int = 0, wait: bool = True) -> list[str]:
-    """Submit `jobs` as one submitit job array; `options`: cluster (slurm|local|debug), partition,
-    time_min, gpus_per_node, cpus_per_task, name. Returns the job ids."""
+def slurm_executor(folder: str | os.PathLike, options: Mapping[str, Any], *, parallel: int = 0) -> Any:
+    """The submitit executor of a job array; `options`: cluster (slurm|local|debug), partition, time_min,
+    gpus_per_node, cpus_per_task, name. Writes nothing; one ReplastError line when it cannot submit here."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.get("cluster") or "slurm")
     params: dict[str, Any] = {"timeout_min": int(options.get("time_min") or 60),
                               "gpus_per_node": int(options.get("gpus_per_node") or 0),
                               "cpus_per_task": int(options.get("cpus_per_task") or 1),
@@ -228,8 +226,20 @@ def run_slurm(jobs: Sequence[Job], folder: str | os.PathLike, options: Mapping[s
         params["slurm_partition"] = options["partition"]
     if parallel > 0:
         params["slurm_array_parallelism"] = parallel
-    try:
+    cluster = options.get("cluster") or "slurm"
+    try:  # no srun on this machine: submitit refuses the executor itself
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         executor.update_parameters(**params)
+    except Exception as e:
+        raise ReplastError(f"the {cluster} executor cannot submit from here ({' '.join(str(e).split())[:300]}); "
+                           "sweep from a SLURM login node, or pass --cluster local to try the study here") from e
+    return executor
+
+
+def run_slurm(jobs: Sequence[Job], folder: str | os.PathLike, executor: Any, on_done: OnDone, *,
+              wait: bool = True) -> list[str]:
+    """Submit `jobs` as one job array of `executor` (see `slurm_executor`, built on `folder`); returns the job ids."""
+    try:
         submitted = executor.map_array(run_job, [str(j.config) for j in jobs])
     except Exception as e:  # sbatch missing or refused: one line, not a traceback
         raise ReplastError(f"submitting {len(jobs)} runs failed: {' '.join(str(e).split())[:300]}") from e
