@@ -217,6 +217,7 @@ def test_only_selects_the_matching_part_of_the_paper_study():
     ("data= seed=0", "'data=' is not KEY=VALUE"),
     ("data=nope", "matches none of the study's"),
     ("modle=x fraction", "unknown key 'modle'.*'fraction' is not KEY=VALUE"),  # all problems at once
+    ("seed=0 data=br35h seed=1", "'seed' is given twice.*seed=A,B"),  # not: the last one silently wins
 ])
 def test_only_errors(only, match):
     with pytest.raises(ConfigError, match=match):

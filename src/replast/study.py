@@ -304,6 +304,8 @@ def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
             errors.append(f"filter {item!r} is not KEY=VALUE[,VALUE…] (e.g. data=br35h,animal-mnist)")
         elif error := _key_error(key, "--only", keys):
             errors.append(error)
+        elif key in wanted:
+            errors.append(f"--only: {key!r} is given twice; list its values in one filter, {key}=A,B")
         else:
             try:  # commas inside [...] belong to a list value (reinit.exclude=[head,stem])
                 wanted[key] = [read_yaml(v) for v in re.split(r",(?![^\[]*\])", values)]
