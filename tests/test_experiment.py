@@ -331,6 +331,34 @@ def test_a_run_started_by_a_relative_path_counts_as_alive(tmp_path, monkeypatch)
     assert not launchers.is_alive(run_dir)
 
 
+def test_a_queued_run_another_sweep_took_meanwhile_is_not_started_twice(fake_trainer, study_file, tmp_path):
+    # Two overlapping sweeps of one OUT: while this one waits for a free slot, another sweep starts (or
+    # finishes) one of its queued runs; starting it here too would write one run directory from two processes.
+    order = [s.hash for s in expand(load_study(study_file))]
+    runs = tmp_path / "out" / "runs"
+    taken, done_elsewhere = runs / order[1], runs / order[2]
+    holder = None
+
+    def other_sweep_takes_two(line):
+        nonlocal holder
+        if holder is None:
+            holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                       str((taken / "config.yaml").resolve())])
+            (taken / "launch.json").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                           "config": str((taken / "config.yaml").resolve())}))
+            first = runs / order[0]
+            (done_elsewhere / "final.json").write_text((first / "final.json").read_text())
+            (done_elsewhere / "status.json").write_text((first / "status.json").read_text())
+
+    try:
+        summary = sweep(study_file, on_progress=other_sweep_takes_two)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (taken / "attempts.txt").exists() and not (done_elsewhere / "attempts.txt").exists()
+    assert summary.busy == [taken.name] and done_elsewhere.name in summary.finished and summary.ok
+
+
 def test_corrupt_files_mark_one_run_damaged_and_rerun_it(fake_trainer, study_file, tmp_path):
     sweep(study_file)
     out = tmp_path / "out"

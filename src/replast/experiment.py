@@ -187,6 +187,8 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         record = store.refresh(job.hash)
         if record.status == runfiles.FINISHED:
             summary.finished.append(job.hash)
+        elif status == "busy":  # another sweep of this OUT took it while it waited
+            summary.busy.append(job.hash)
         store.write()
         ended += 1
         if on_progress is not None:

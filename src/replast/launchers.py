@@ -185,9 +185,18 @@ def thread_share(n: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(max(1, available_cpus() // n))}
 
 
+def taken_elsewhere(run_dir: str | os.PathLike) -> str | None:
+    """'finished' or 'busy' when another sweep of the same OUT has finished or is running this queued run."""
+    status = runfiles.read_status(run_dir)
+    if status and status["status"] == runfiles.FINISHED:
+        return runfiles.FINISHED
+    return "busy" if is_alive(run_dir) else None
+
+
 def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = True, poll_s: float = 0.2) -> None:
     """Run `jobs` with at most `n` at once, the cores shared between them; with several GPUs each slot gets
-    its own CUDA_VISIBLE_DEVICES."""
+    its own CUDA_VISIBLE_DEVICES. A job another sweep took while it waited is not started: `on_done` gets
+    'finished' or 'busy' for it."""
     if n < 1:
         raise ConfigError(f"jobs={n}: must be at least 1")
     gpus = visible_gpus() if pin_gpus else []
@@ -197,7 +206,11 @@ def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = 
     try:
         while pending or running:
             while pending and free:
-                slot, job = free.pop(0), pending.popleft()
+                job = pending.popleft()
+                if (taken := taken_elsewhere(job.run_dir)) is not None:
+                    on_done(job, taken)
+                    continue
+                slot = free.pop(0)
                 env = {**threads, **({"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if len(gpus) > 1 else {})}
                 running[start(job.config, env)] = (job, slot)
             done = [p for p in running if p.poll() is not None]
