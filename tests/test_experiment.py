@@ -21,7 +21,7 @@ from replast import launchers
 from replast.config import FinetuneConfig
 from replast.errors import ConfigError, OutputError
 from replast.experiment import collect, config_hash, expand, load_study, progress_line, sweep
-from replast.store import RunRecord, merge
+from replast.store import RunRecord, Store, merge
 from replast.study import parse_study, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,6 +416,23 @@ def test_a_sweep_ending_after_another_on_the_same_out_writes_the_others_finished
     sweep(study_file, only="seed=0", on_progress=other_sweep_finishes)
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and set(results["status"]) == {"finished"}
+
+
+def test_a_sweep_rewrites_slow_results_files_at_a_bounded_share_of_its_time(
+        fake_trainer, study_file, tmp_path, monkeypatch):
+    # results.csv/curves.csv hold every run of OUT, so rewriting them after each run is quadratic: 3,105 runs
+    # of the paper study took seconds per rewrite. A slow rewrite is not repeated after every run.
+    writes, write = [], Store.write
+
+    def slow_write(self):
+        writes.append(1)
+        time.sleep(0.5)
+        return write(self)
+
+    monkeypatch.setattr(Store, "write", slow_write)
+    summary = sweep(study_file, jobs=2)
+    assert summary.ok and len(writes) < 2 + 6  # before and after the sweep, not after each of the 6 runs too
+    assert set(pd.read_csv(tmp_path / "out" / "results.csv")["status"]) == {"finished"}
 
 
 def test_collect_reads_a_field_added_later_as_its_default(fake_trainer, study_file, tmp_path):
