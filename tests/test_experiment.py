@@ -160,6 +160,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_study(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="does not exist.*smoke"):
         load_study(tmp_path / "nope.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: s\n# café\ngrid: {seed: [0]}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml is not UTF-8 text"):
+        load_study(tmp_path / "latin1.yaml")
 
 
 def test_duplicates_run_once_with_a_warning(caplog):

@@ -159,7 +159,11 @@ def load_study(path: str | os.PathLike) -> Study:
     """Parse a study file; structural problems are all reported in one ConfigError."""
     file = resolve_study_path(path)
     try:
-        raw = read_yaml(file.read_text())
+        raw = read_yaml(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read study file {file} ({e.strerror or e}); check the path") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file} is not valid YAML ({' '.join(str(e).split())}); fix the syntax") from e
     return parse_study(raw, str(file))
