@@ -519,6 +519,10 @@ def test_merge_bad_input(fake_trainer, study_file, tmp_path, cli):
     (foreign / "curves.csv").write_text("epoch,val_acc\n1,0.5\n")
     with pytest.raises(OutputError, match="curves.csv has no hash column"):
         merge(foreign, tmp_path / "docs")
+    (foreign / "curves.csv").write_bytes(b"hash,epoch\n\xff\xfe,1\n")  # not UTF-8 text
+    with pytest.raises(OutputError, match="curves.csv is not UTF-8 text"):
+        merge(foreign, tmp_path / "docs")
+    (foreign / "curves.csv").unlink()
     (foreign / "results.csv").write_text("name,acc\na,1\n")
     code, stdout, err = cli("merge", foreign, tmp_path / "docs")
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and "no hash, status column" in err

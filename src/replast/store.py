@@ -198,13 +198,25 @@ def _tables(out: Path) -> tuple[CsvTable, CsvTable]:
         results, curves = Store(out).load().frames()
         texts = [results.to_csv(index=False), curves.to_csv(index=False)]
     elif (out / "results.csv").is_file():
-        texts = [(out / name).read_text() if (out / name).is_file() else "" for name in ("results.csv", "curves.csv")]
+        texts = [_read_csv_text(out / name) for name in ("results.csv", "curves.csv")]
     else:
         raise OutputError(f"{out} holds neither runs/ nor results.csv; pass a study's OUT directory")
     tables = CsvTable.parse(texts[0], out / "results.csv"), CsvTable.parse(texts[1], out / "curves.csv")
     for table, name in zip(tables, ("results.csv", "curves.csv"), strict=True):
         check_columns(out / name, table.columns)
     return tables
+
+
+def _read_csv_text(path: Path) -> str:
+    """A results folder's CSV file as text; "" when it is missing."""
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OutputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); is it a replast results file?") from e
+    except OSError as e:
+        raise OutputError(f"cannot read {path} ({e.strerror or e}); check its permissions") from e
 
 
 KEY_COLUMNS = {"results.csv": ("hash", "status"), "curves.csv": ("hash",)}
