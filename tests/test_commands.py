@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,10 @@ def test_sweep_with_the_slurm_launcher_where_there_is_no_slurm_is_one_line_and_w
     code, _, err = cli("sweep", "--config", study(tmp_path, [0]), "--launcher", "slurm")
     assert code == 2 and "srun" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # no runs left queued for a launcher that cannot start them
+    monkeypatch.setitem(sys.modules, "submitit", None)  # an installation without submitit
+    code, _, err = cli("sweep", "--config", study(tmp_path, [0]), "--launcher", "slurm", "--cluster", "local")
+    assert code == 2 and "pip install submitit" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 # ---- replast reinit: sizes, paths, the report beside OUT, scope auto, round trip ---------------------------

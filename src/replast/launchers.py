@@ -229,7 +229,11 @@ def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = 
 def slurm_executor(folder: str | os.PathLike, options: Mapping[str, Any], *, parallel: int = 0) -> Any:
     """The submitit executor of a job array; `options`: cluster (slurm|local|debug), partition, time_min,
     gpus_per_node, cpus_per_task, name. Writes nothing; one ReplastError line when it cannot submit here."""
-    import submitit
+    try:
+        import submitit
+    except ImportError as e:
+        raise ReplastError("the slurm launcher needs submitit, which is not installed: pip install submitit, "
+                           "or pass --launcher local") from e
 
     params: dict[str, Any] = {"timeout_min": int(options.get("time_min") or 60),
                               "gpus_per_node": int(options.get("gpus_per_node") or 0),
