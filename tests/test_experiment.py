@@ -575,6 +575,26 @@ def test_slurm_launcher_with_submitit_debug_executor(fake_trainer, study_file, t
     assert str(launch["slurm_job_id"]).startswith("DEBUG_")
 
 
+def test_an_array_task_started_before_the_sweep_wrote_its_launch_json_records_the_queue_folder(
+        tmp_path, monkeypatch):
+    # The sweep writes each run's launch.json after submitting the whole array, so a task may start first.
+    # Without the folder, a later sweep cannot ask the queue about the run and takes it for alive forever.
+    import submitit
+
+    run_dir = tmp_path / "runs" / "abc"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: type("Env", (), {"job_id": "7_3"})())
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "slurm"))  # what submitit sets in each task
+    monkeypatch.setattr(launchers, "finetune_command", lambda config: [sys.executable, "-c", "pass"])
+    launchers.start(run_dir / "config.yaml").wait()
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert launch["slurm_job_id"] == "7_3" and launch["slurm_folder"] == str(tmp_path / "slurm")
+    monkeypatch.setattr(launchers, "_slurm_state", lambda folder, job_id: "FAILED")
+    monkeypatch.setattr(launchers.socket, "gethostname", lambda: "login-node")
+    assert not launchers.is_alive(run_dir)
+
+
 def test_sigkill_of_the_sweep_marks_nothing_finished_that_did_not_finish(fake_trainer, study_file, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(f"""

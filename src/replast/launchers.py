@@ -74,10 +74,13 @@ def _slurm_identity(run_dir: Path) -> dict[str, Any]:
         job_id = submitit.JobEnvironment().job_id
     except Exception:  # not inside a submitit task
         return {}
-    try:
-        folder = json.loads((run_dir / LAUNCH_FILE).read_text()).get("slurm_folder")
-    except (OSError, ValueError):
-        folder = None
+    # submitit's own record of its folder: the sweep writes launch.json only once the whole array is submitted
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    if not folder:
+        try:
+            folder = json.loads((run_dir / LAUNCH_FILE).read_text()).get("slurm_folder")
+        except (OSError, ValueError, AttributeError):
+            folder = None
     return {"slurm_job_id": job_id, "slurm_folder": folder}
 
 
