@@ -437,6 +437,13 @@ def test_a_sweep_rewrites_slow_results_files_at_a_bounded_share_of_its_time(
     assert summary.ok and len(writes) < 2 + 6  # before and after the sweep, not after each of the 6 runs too
     assert set(pd.read_csv(tmp_path / "out" / "results.csv")["status"]) == {"finished"}
 
+    def interrupt(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # an interrupted sweep still leaves the CSVs as the runs stand
+        sweep(study_file, out=tmp_path / "stopped", on_progress=interrupt)
+    assert list(pd.read_csv(tmp_path / "stopped" / "results.csv")["status"]).count("finished") == 1
+
 
 def test_collect_reads_a_field_added_later_as_its_default(fake_trainer, study_file, tmp_path):
     out = tmp_path / "out"

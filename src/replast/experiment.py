@@ -200,13 +200,15 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         if on_progress is not None:
             on_progress(progress_line(ended, len(pending), record, time.monotonic() - started))
 
-    if launcher == "local":
-        launchers.run_local(pending, jobs, done)
-    elif pending:
-        launchers.run_slurm(pending, out_dir / "slurm", executor, done, wait=wait)
-    # read afresh: another sweep of this OUT (another --only part) may have ended runs since this one started
-    final = Store(out_dir).load()
-    final.write()
+    try:
+        if launcher == "local":
+            launchers.run_local(pending, jobs, done)
+        elif pending:
+            launchers.run_slurm(pending, out_dir / "slurm", executor, done, wait=wait)
+    finally:  # also when interrupted: the CSVs as the runs stand
+        # read afresh: another sweep of this OUT (another --only part) may have ended runs since this one started
+        final = Store(out_dir).load()
+        final.write()
     # Only this sweep's runs count: another sweep's queued or running runs are not failures of this one.
     own = {spec.hash for spec in specs} - set(summary.busy)
     summary.failures = [f for f in final.failures() if f["hash"] in own]
