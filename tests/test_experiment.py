@@ -555,6 +555,19 @@ def test_merge_records_the_study_and_refuses_another_studys_runs(fake_trainer, s
     merge(tmp_path / "out", into)  # the same study again: fine
 
 
+def test_a_sweep_into_a_merged_results_folder_is_refused_rather_than_dropping_its_rows(
+        fake_trainer, study_file, tmp_path, cli):
+    # A sweep rebuilds results.csv from runs/, so sweeping into a merge's INTO (rows without run directories)
+    # would replace the merged rows with its own few.
+    sweep(study_file, only="seed=0")
+    into = tmp_path / "docs"
+    merge(tmp_path / "out", into)
+    before = {f: (into / f).read_text() for f in ("results.csv", "curves.csv", "study.json")}
+    code, _, err = cli("sweep", "--config", study_file, "--out", into, "--only", "seed=1")
+    assert code == 2 and "results.csv without runs/" in err and len(err.strip().splitlines()) == 1
+    assert {f: (into / f).read_text() for f in before} == before and not (into / "runs").exists()
+
+
 def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, tmp_path, monkeypatch):
     monkeypatch.setattr(launchers, "visible_gpus", lambda: ["0", "1"])
     sweep(study_file, jobs=2)

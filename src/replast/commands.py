@@ -157,7 +157,7 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
         out: Output directory (default: the study's `out`).
         launcher: local (subprocesses on this machine) or slurm (submitit job array).
         jobs: Runs at once with the local launcher (one GPU each when several exist).
-        force: Use an OUT directory that holds another study.
+        force: Use an OUT directory that holds another study, or merged results (results.csv without runs/).
         collect: Only rebuild results.csv and curves.csv from the run directories.
         partition: SLURM partition.
         time_min: SLURM time limit per run, in minutes.

@@ -173,6 +173,10 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
     if launcher == "slurm":  # likewise: no srun here
         executor = launchers.slurm_executor(out_dir / "slurm", {"name": study.name, **(slurm or {})},
                                             parallel=jobs if jobs > 1 else 0)
+    if (out_dir / "results.csv").is_file() and not (out_dir / "runs").is_dir() and not force:
+        raise OutputError(f"{out_dir} holds results.csv without runs/ (as `replast merge` writes them): a sweep "
+                          "rebuilds results.csv from runs/ and would drop its rows; sweep into another --out and "
+                          "merge that, or pass --force")
     runfiles.make_directory(out_dir)
     claim_out(out_dir, study, force)
     store = Store(out_dir).load()
