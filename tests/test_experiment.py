@@ -160,6 +160,10 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_study(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="does not exist.*smoke"):
         load_study(tmp_path / "nope.yaml")
+    # a missing copy of a shipped study elsewhere is not silently replaced by the shipped one
+    with pytest.raises(ConfigError, match="experiments/paper.yaml' does not exist"):
+        load_study(tmp_path / "experiments" / "paper.yaml")
+    assert load_study("smoke").name == load_study("studies/smoke.yaml").name == "smoke"  # shipped, or the repo's
     (tmp_path / "latin1.yaml").write_bytes("name: s\n# café\ngrid: {seed: [0]}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml is not UTF-8 text"):
         load_study(tmp_path / "latin1.yaml")

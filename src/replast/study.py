@@ -144,12 +144,13 @@ def _checked_type(key: str, value_json: str, where: str) -> str | None:
 
 # ---- loading and expansion -----------------------------------------------------------------------
 def resolve_study_path(path: str | os.PathLike) -> Path:
-    """A study file, or the name of a shipped study (smoke, demo, paper)."""
+    """A study file, or a shipped study: its name (smoke, demo, paper) or the repository's studies/NAME.yaml."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
     shipped = SHIPPED_STUDIES / f"{candidate.stem}.yaml"
-    if candidate.suffix in ("", ".yaml") and shipped.is_file():
+    # not any missing NAME.yaml: an edited copy elsewhere, mistyped, must not run the shipped study instead
+    if candidate.suffix in ("", ".yaml") and candidate.parent.name in ("", "studies") and shipped.is_file():
         return shipped
     names = sorted(p.stem for p in SHIPPED_STUDIES.glob("*.yaml"))
     raise ConfigError(f"study file {str(path)!r} does not exist; give a YAML path or a shipped study: {', '.join(names)}")
