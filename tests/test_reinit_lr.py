@@ -1,4 +1,5 @@
-"""UpdateScaler (k× the update of reset entries, for SGD and AdamW), clear_optimizer_state, schedules."""
+"""UpdateScaler (k× the update of reset entries, for SGD and AdamW), clear_optimizer_state, AdamAges (a reset
+entry's own Adam step count), schedules."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from replast.errors import ConfigError
-from replast.reinit import ReinitSchedule, UpdateScaler, clear_optimizer_state, restore_plasticity
+from replast.reinit import AdamAges, ReinitSchedule, UpdateScaler, clear_optimizer_state, restore_plasticity
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
@@ -131,3 +132,92 @@ def test_schedule_parse() -> None:
     for bad in ("every:0", "every:", "sometimes", "every:-3"):
         with pytest.raises(ConfigError):
             ReinitSchedule.parse(bad)
+
+
+ADAMS = {
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=1e-3),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05),
+    "adamw-amsgrad": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05, amsgrad=True),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ADAMS))
+def test_entries_reset_during_training_follow_a_fresh_adam(kind: str) -> None:
+    """After 5 steps some entries are rewritten and their moments cleared: from then on they must move exactly
+    as under a new optimizer started at the reset, and every other entry exactly as before."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = ADAMS[kind](model.parameters())
+    for step in range(5):
+        _grads(model, step)
+        opt.step()
+    masks = {"weight": torch.rand(3, 4) < 0.5, "bias": torch.tensor([True, False, True])}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p[masks[name]] = torch.randn(int(masks[name].sum()))
+    clear_optimizer_state(opt, masks, model=model)
+    fresh_model = copy.deepcopy(model)
+    fresh = ADAMS[kind](fresh_model.parameters())
+    plain_model = copy.deepcopy(model)
+    plain = ADAMS[kind](plain_model.parameters())
+    plain.load_state_dict(copy.deepcopy(opt.state_dict()))
+    ages = AdamAges(opt)
+    ages.mark(masks, model=model)
+    for step in range(5, 9):
+        for m in (model, fresh_model, plain_model):
+            _grads(m, step)
+        ages.begin()
+        opt.step()
+        ages.finish()
+        fresh.step()
+        plain.step()
+    for name, p in model.named_parameters():
+        mask = masks[name]
+        torch.testing.assert_close(p[mask], dict(fresh_model.named_parameters())[name][mask], rtol=1e-6, atol=1e-7)
+        assert torch.equal(p[~mask], dict(plain_model.named_parameters())[name][~mask]), name
+
+
+def test_adam_ages_leave_other_optimizers_and_skipped_steps_alone() -> None:
+    model, sgd, masks = _setup("sgd")
+    ages = AdamAges(sgd)
+    ages.mark(masks, model=model)
+    assert ages.born == {}
+    model, adamw, masks = _setup("adamw")
+    _grads(model, 0)
+    adamw.step()
+    ages = AdamAges(adamw)
+    ages.mark(masks, model=model)
+    before = [p.detach().clone() for p in model.parameters()]
+    ages.begin()  # an fp16 step skipped for an overflow: the step count does not move, nothing is redone
+    ages.finish()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_continual_resumes_with_the_step_counts_of_reset_entries() -> None:
+    from replast.reinit.continual import Continual
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    options = {"strategy": "targeted", "utility": "random", "fraction": 0.3, "schedule": "every:2",
+               "exclude": (), "seed": 0}
+
+    def train(continual: Continual, net: nn.Module, steps: range) -> None:
+        for step in steps:
+            _grads(net, step)
+            continual.step()
+            continual.after_step(step + 1)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    continual = Continual(model, opt, batches, None, options)
+    train(continual, model, range(3))  # a reset after step 2
+    assert continual.ages.born and continual.events
+    resumed_model = copy.deepcopy(model)
+    resumed_opt = torch.optim.AdamW(resumed_model.parameters(), lr=0.01)
+    resumed_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    resumed = Continual(resumed_model, resumed_opt, batches, None, options)
+    resumed.load_state_dict(copy.deepcopy(continual.state_dict()))
+    train(continual, model, range(3, 6))
+    train(resumed, resumed_model, range(3, 6))
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -88,15 +88,13 @@ def _build() -> type:
                 self.continual.load_state_dict(self._saved)
 
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-            if self.continual is not None and self.continual.scaler is not None:
-                self.continual.scaler.begin()  # gradients are ready, the update not yet applied
+            if self.continual is not None:
+                self.continual.before_update()  # gradients are ready, the update not yet applied
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             if self.continual is None:
                 return
-            scaler = self.continual.scaler
-            if scaler is not None and scaler.pending:
-                scaler.finish()
+            self.continual.after_update()  # does nothing between the batches of one accumulated step
             if trainer.global_step != self._last_step:  # gradient accumulation: several batches per step
                 self._last_step = trainer.global_step
                 self.continual.after_step(trainer.global_step)

@@ -3,11 +3,13 @@
     continual = Continual(model, optimizer, batches, report, options)   # options as restore_plasticity's
     ...
     continual.step()            # instead of optimizer.step(): scales the update of the latest reset entries
+                                # (or before_update() / optimizer.step() / after_update() around your own step)
     continual.after_step(step)  # after optimizer step `step` (1-based): re-applies the strategy when due
 
 Shared by the `replast finetune` trainer and the Lightning callback; `state_dict()` holds what a resume
 cannot rebuild from the options (the latest masks, the warm-up position, the applications so far).
 `report` (the first application's ReinitReport) may be None: nothing reset yet, e.g. a resumed fit.
+With Adam/AdamW, entries reset during training get a step count of their own (`AdamAges`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from replast.reinit.api import restore_plasticity
-from replast.reinit.lr import ReinitSchedule, UpdateScaler, clear_optimizer_state
+from replast.reinit.lr import AdamAges, ReinitSchedule, UpdateScaler, clear_optimizer_state
 from replast.reinit.report import ReinitReport
 
 
@@ -34,6 +36,7 @@ class Continual:
         self.seed = int(self.options.get("seed", 0))
         self.events: list[dict[str, Any]] = []
         self.scaler: UpdateScaler | None = None
+        self.ages = AdamAges(self._inner)
         self._use(*((dict(report.masks), dict(report.reset_masks)) if report is not None else ({}, {})))
 
     @staticmethod
@@ -52,11 +55,35 @@ class Continual:
             self.scaler = UpdateScaler(self.optimizer, masks, self.lr_scale,
                                        int(self.options.get("lr_warmup_steps", 0)), model=self.model)
 
+    @property
+    def _inner(self) -> Any:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # Fabric's wrapper holds the torch optimizer
+
+    def before_update(self) -> None:
+        """Gradients are ready, the update not yet applied."""
+        self.ages.begin()
+        if self.scaler is not None:
+            self.scaler.begin()
+
+    def after_update(self) -> None:
+        """The optimizer has updated: give reset entries their own Adam step count, then scale their update."""
+        if self.ages.pending:
+            self.ages.finish()
+        if self.scaler is not None and self.scaler.pending:
+            self.scaler.finish()
+
     def step(self, closure: Callable | None = None) -> Any:
         """The optimizer's step, with the update of the latest reset entries scaled."""
-        if self.scaler is None:
-            return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
-        return self.scaler.step(closure)
+        self.before_update()
+        try:
+            result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        except BaseException:
+            self.ages.cancel()
+            if self.scaler is not None:
+                self.scaler.cancel()
+            raise
+        self.after_update()
+        return result
 
     def after_step(self, step: int) -> None:
         if not self.schedule.due(step):
@@ -66,7 +93,8 @@ class Continual:
         protect = self.reset if self.options.get("strategy") == "cbp" else None
         options = {**self.options, "seed": self.seed + step}
         again = restore_plasticity(self.model, self.batches, protect=protect, **options)
-        clear_optimizer_state(getattr(self.optimizer, "optimizer", self.optimizer), again.masks, model=self.model)
+        clear_optimizer_state(self._inner, again.masks, model=self.model)
+        self.ages.mark(again.masks, model=self.model)
         self.events.append({"step": step, "n_reset": again.n_reset, "time_s": again.total_time_s})
         self._use(again.masks, again.reset_masks)
 
@@ -76,13 +104,16 @@ class Continual:
         state["reset"] = {name: mask.cpu() for name, mask in self.reset.items()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        state["born"] = {name: self.ages.born[p].cpu() for name, p in self.model.named_parameters()
+                         if p in self.ages.born}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.events = [dict(e) for e in state["events"]]
+        params = dict(self.model.named_parameters())
         if "masks" in state:
-            params = dict(self.model.named_parameters())
             self._use(*({name: mask.to(params[name].device) for name, mask in state[key].items()}
                         for key in ("masks", "reset")))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        self.ages.born = {params[name]: born.to(params[name].device) for name, born in state.get("born", {}).items()}

@@ -1,4 +1,5 @@
-"""Learning rate of re-initialized weights, and the `every:K` re-application schedule.
+"""Learning rate of re-initialized weights, Adam's step count of entries reset during training, and
+the `every:K` re-application schedule.
 
     scaler = UpdateScaler(optimizer, report.masks, scale=10, warmup_steps=100, model=model)
     with scaler:
@@ -74,9 +75,13 @@ class UpdateScaler:
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if exc_type is not None:
-            self._old = None
+            self.cancel()
             return
         self.finish()
+
+    def cancel(self) -> None:
+        """The optimizer step failed: forget the snapshot."""
+        self._old = None
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -103,7 +108,8 @@ class UpdateScaler:
 def clear_optimizer_state(optimizer: torch.optim.Optimizer, masks: Any, *,
                           model: nn.Module | None = None) -> int:
     """Zero momentum / Adam moments of reset entries (any per-entry state tensor); returns the number
-    of state tensors touched. Adam's per-parameter step count is shared by all entries and kept."""
+    of state tensors touched. Adam's per-parameter step count is shared by all entries and kept: `AdamAges`
+    gives the reset entries a step count of their own."""
     touched = 0
     for p, mask in resolve_masks(masks, model).items():
         for value in optimizer.state.get(p, {}).values():
@@ -111,6 +117,72 @@ def clear_optimizer_state(optimizer: torch.optim.Optimizer, masks: Any, *,
                 value.masked_fill_(mask.to(value.device), 0)
                 touched += 1
     return touched
+
+
+def _adam_step(state: Mapping[str, Any]) -> int:
+    return int(state["step"]) if "step" in state and "exp_avg_sq" in state else 0
+
+
+class AdamAges:
+    """Adam's bias correction counted from each entry's own reset, as if its moments had started afresh.
+
+    torch's Adam keeps one step count t per tensor. An entry whose moments were zeroed at step t0 then has
+    moments built from τ = t − t0 gradients but is divided by 1 − β^t ≈ 1 instead of 1 − β^τ, so its
+    first updates are several times too large (a steady gradient, β = 0.9, 0.999, a long-trained tensor:
+    3.2× at its first step, 6.5× at the tenth, 3.2× at the hundredth).
+    After each step, `finish()` rewrites the update of such entries with their own τ, exactly as a fresh
+    Adam would make it (the per-entry step count of continual backprop's reference optimizer, applied to
+    the update). Optimizers other than Adam/AdamW have no bias correction: nothing is done for them.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.adam = isinstance(optimizer, torch.optim.Adam)
+        self.born: dict[Tensor, Tensor] = {}  # parameter -> the step count at each entry's latest reset (0: never)
+        self._old: dict[Tensor, tuple[Tensor, int]] | None = None
+
+    @torch.no_grad()
+    def mark(self, masks: Any, *, model: nn.Module | None = None) -> None:
+        """Record the current step count for the entries just reset (their moments cleared)."""
+        if not self.adam:
+            return
+        for p, mask in resolve_masks(masks, model).items():
+            t0 = _adam_step(self.optimizer.state.get(p, {}))
+            if t0 > 0:
+                born = self.born.setdefault(p, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
+                born.masked_fill_(mask.to(born.device), t0)
+
+    def begin(self) -> None:
+        """Call right before the optimizer updates the parameters."""
+        self._old = {p: (p.detach().clone(), _adam_step(self.optimizer.state.get(p, {}))) for p in self.born}
+
+    @property
+    def pending(self) -> bool:
+        return self._old is not None
+
+    def cancel(self) -> None:
+        self._old = None
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Call right after the optimizer's update: redoes it for entries reset since the tensor's first step."""
+        old, self._old = self._old or {}, None
+        groups = {p: g for g in self.optimizer.param_groups for p in g["params"]}
+        for p, (before, t_before) in old.items():
+            state, group = self.optimizer.state.get(p, {}), groups.get(p)
+            t = _adam_step(state)
+            if group is None or t == t_before:  # not in the optimizer, or a step skipped (fp16 overflow)
+                continue
+            tau = (t - self.born[p]).clamp_(min=1)  # entries never reset: τ = t, the update is redone as it was
+            (beta1, beta2), lr, eps = group["betas"], float(group["lr"]), group["eps"]
+            second = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+            first = state["exp_avg"].double() / (1 - beta1 ** tau)
+            denom = (second.double() / (1 - beta2 ** tau)).sqrt_().add_(eps)
+            start = before.double()
+            if group.get("decoupled_weight_decay", False) and group["weight_decay"]:
+                start = start * (1 - lr * float(group["weight_decay"]))
+            fresh = (start - lr * first / denom).to(p.dtype)
+            p.copy_(torch.where(self.born[p] > 0, fresh, p.detach()))
 
 
 @dataclass(frozen=True)
