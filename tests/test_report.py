@@ -322,6 +322,16 @@ def test_an_arm_label_leaves_out_the_fraction_that_scope_auto_ignores():
                                       "targeted (scope=auto)"]
 
 
+def test_devices_and_nodes_are_conditions_but_the_runtime_is_not():
+    """batch_size is per device and the learning rate follows the global batch: runs on 1 and on 2 devices
+    train differently and must not be pooled as seeds of one condition. Precision and the like only run it."""
+    from replast.report.labels import condition_columns
+
+    runs = pd.DataFrame([{"data": "br35h", "devices": d, "num_nodes": n, "train.precision": p, "seed": s}
+                         for d, n, p, s in ((1, 1, "32-true", 0), (2, 1, "bf16-mixed", 1), (1, 2, "32-true", 2))])
+    assert condition_columns(runs) == ["devices", "num_nodes"]
+
+
 def test_overview_across_conditions_known_answers(study_out):
     render(study_out)
     table = pd.read_csv(study_out / "report" / "overview.csv").set_index("arm")

@@ -14,7 +14,8 @@ from replast.study import config_keys
 
 BASELINE = "none"
 # Fields that change how a run executes, not what it measures.
-RUNTIME = {"accelerator", "devices", "num_nodes", "strategy", "deterministic", "diagnose", "train.compile",
+# Not devices or num_nodes: batch_size is per device and the learning rate follows the global batch.
+RUNTIME = {"accelerator", "strategy", "deterministic", "diagnose", "train.compile",
            "train.precision", "train.channels_last", "train.eval_batch_size", "train.track_plasticity"}
 # Knobs a run does not use, left out of its label: {knob: (field, value that makes it unused)}.
 UNUSED_WHEN = {"reinit.fraction": ("reinit.scope", "auto")}  # scope auto sets each layer's fraction
