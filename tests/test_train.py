@@ -168,6 +168,32 @@ def test_two_process_ddp_with_batchnorm_re_estimation_evaluates_one_network(tmp_
     assert all(torch.isfinite(v).all() for k, v in state.items() if k.endswith(("running_mean", "running_var")))
 
 
+def test_two_process_ddp_stops_together_when_only_rank_0_is_signalled(tmp_path):
+    """SIGTERM reaches one rank (a pre-emption that signals the launcher only, or every rank a step apart):
+    the ranks agree within 25 steps, both checkpoint and exit; before, rank 0 left the loop alone and the run
+    hung, rank 1 waiting in the next gradient all-reduce."""
+    out = tmp_path / "ddp"
+    args = [*BASE, "--epochs", "30", "--train.augment", "false", "--devices", "2", "--strategy", "ddp",
+            "--out", out]
+    args[args.index("--batch_size") + 1] = "4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "replast", "finetune", *map(str, args)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.csv").exists() or len((out / "metrics.csv").read_text().splitlines()) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+            time.sleep(0.5)
+        launcher.send_signal(signal.SIGTERM)  # rank 0 (the launcher) only
+        code = launcher.wait(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert code == 1, launcher.stderr.read().decode()[-2000:]
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["train_state"]["step"] % 25 == 0  # an agreed step
+
+
 class _OneProcessFabric:
     """Enough of Fabric for `evaluate` to run one rank's slice in this process."""
 

@@ -2,11 +2,12 @@
 
 One epoch = one pass of the device-resident training loader; evaluation every epoch with torchmetrics
 (synced across ranks); per-epoch rows in metrics.csv, TensorBoard scalars, and a `last`/`best` checkpoint
-written atomically by rank 0. SIGTERM/SIGINT save the exact data position and stop cleanly.
+written atomically by rank 0. SIGTERM/SIGINT save the exact data position and stop cleanly (all ranks together).
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -261,27 +262,37 @@ class Trainer:
             state.position += 1
             for hook in self.step_hooks:
                 hook(state.step)
-            if state.step % LOG_EVERY == 0 and cfg.train.on_nonfinite != "skip" and not torch.isfinite(loss_sum):
-                return self._nonfinite(state.step)
             if progress is not None:
                 progress(state)
-            if stop:
-                if not torch.isfinite(loss_sum):
+            stopping = False
+            # Ranks leave the loop together or not at all (one leaving alone leaves the others waiting in
+            # the next gradient all-reduce forever): under DDP they agree every LOG_EVERY steps.
+            due = state.step % LOG_EVERY == 0
+            if due or (stop and self.fabric.world_size == 1):
+                loss_all, stopping = self._agree(loss_sum, stop)
+                if not math.isfinite(loss_all) and (stopping or (due and cfg.train.on_nonfinite != "skip")):
                     return self._nonfinite(state.step)
+            if stopping:
                 sums = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
                                               reduce_op="sum")
                 state.partial = {"loss_sum": float(sums[0]), "correct": float(sums[1]), "seen": float(sums[2]),
                                  "time_s": time.perf_counter() - started}
                 self.save("last")
                 return FitResult(state, "interrupted")
-        if not torch.isfinite(loss_sum):
-            return self._nonfinite(state.step)
         totals = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
                                         reduce_op="sum")
+        if not torch.isfinite(totals[0]):  # summed over ranks: every rank sees the same answer
+            return self._nonfinite(state.step)
         seen_all = max(float(totals[2]), 1.0)
         self._epoch_train_metrics = {"train_loss": float(totals[0]) / seen_all, "train_acc": float(totals[1]) / seen_all,
                                      "epoch_time_s": time.perf_counter() - started}
         return None
+
+    def _agree(self, loss_sum: torch.Tensor, stop: StopRequested) -> tuple[float, bool]:
+        """The training loss summed over ranks, and whether any rank was asked to stop (one collective)."""
+        both = self.fabric.all_reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(bool(stop)))]),
+                                      reduce_op="sum")
+        return float(both[0]), bool(both[1] > 0)
 
     def _timed_first_step(self, x: torch.Tensor, y: torch.Tensor):
         """The first step carries torch.compile's compilation and cuDNN autotuning: timed on its own."""
