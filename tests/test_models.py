@@ -136,6 +136,34 @@ def test_num_classes_1000_keeps_the_pretrained_head():
     assert torch.equal(model.state_dict()["classifier.1.weight"], reference["classifier.1.weight"])
 
 
+def test_a_loaded_head_that_fits_the_data_is_kept(tmp_path):
+    """A model fine-tuned on the data (3 synthetic classes) keeps its head: diagnose and reinit read it.
+    It used to be swapped for a provisional 2-class head, then a fresh 3-class one."""
+    from replast.loading import load_model_and_data
+
+    tuned, _ = load_model("convnext_atto", 3, weights="none")
+    with torch.no_grad():
+        tuned.head.fc.weight.normal_()
+    save_file(tuned.state_dict(), tmp_path / "tuned.safetensors")
+    net, splits = load_model_and_data("convnext_atto", "synthetic", weights=tmp_path / "tuned.safetensors")
+    assert splits.num_classes == 3 and torch.equal(net.head.fc.weight, tuned.head.fc.weight)
+
+
+@pytest.mark.parametrize(("name", "weights", "data"), [("mobilenetv2_100", "pretrained", "synthetic"),
+                                                       ("convnext_atto", "none", "synthetic")])
+def test_seeded_heads_are_drawn_as_in_every_earlier_run(name, weights, data):
+    """Published runs depend on the head a seed draws: a provisional 2-class head first, then the data's."""
+    from replast.loading import PROVISIONAL_CLASSES, load_model_and_data
+
+    torch.manual_seed(7)
+    old, _ = load_model(name, PROVISIONAL_CLASSES, weights=weights)
+    replace_head(old, 3)
+    torch.manual_seed(7)
+    new, _ = load_model_and_data(name, data, weights=weights)
+    head = classifier_name(new)
+    assert torch.equal(new.get_submodule(head).weight, old.get_submodule(head).weight)
+
+
 @pytest.mark.parametrize(("name", "head", "family"), [
     ("efficientnet_lite0", "classifier", "cnn"), ("mobilenetv2_100", "classifier.1", "cnn"),
     ("vit_small_patch14_dinov2", "head", "vit"), ("deit_tiny_patch16_224", "head", "vit"),

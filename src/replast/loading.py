@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from replast.data import DatasetSplits, load_dataset
-from replast.models import load_model, replace_head
+from replast.models import build_model, head_classes, replace_head
 
 PROVISIONAL_CLASSES = 2
 
@@ -17,12 +17,17 @@ PROVISIONAL_CLASSES = 2
 def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", device: torch.device | str = "cpu",
                         drop_path: float = 0.0, **data_options) -> tuple[nn.Module, DatasetSplits]:
     """`data_options` go to `load_dataset` (image_size, seed, fractions, max_samples, max_bad_fraction)."""
-    # The normalization comes from the model and the head size from the data: build with a provisional
-    # head, then swap it once the dataset says how many classes there are.
-    net, preprocessing = load_model(model, num_classes=PROVISIONAL_CLASSES, weights=weights, drop_path=drop_path)
-    splits = load_dataset(data, preprocessing, device=device, **data_options)
-    if splits.num_classes != PROVISIONAL_CLASSES:
-        replace_head(net, splits.num_classes)
+    # The normalization comes from the model and the head size from the data. A loaded head that fits the
+    # data is kept (a model fine-tuned on it); any other is replaced. Heads are drawn as they always were,
+    # a provisional one first, so that a seed gives the head it gave every earlier run.
+    built = build_model(model, weights, drop_path=drop_path)
+    splits = load_dataset(data, built.preprocessing, device=device, **data_options)
+    net, loaded = built.model, head_classes(built.model) if built.head_loaded else None
+    if loaded != splits.num_classes:
+        if loaded != PROVISIONAL_CLASSES:
+            replace_head(net, PROVISIONAL_CLASSES)
+        if splits.num_classes != PROVISIONAL_CLASSES:
+            replace_head(net, splits.num_classes)
     return net.to(device), splits
 
 

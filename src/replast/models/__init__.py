@@ -6,9 +6,17 @@
 
 from replast.models import zoo as _zoo  # noqa: F401  (registers the zoo builders)
 from replast.models.heads import classifier_name, head_classes, model_family, replace_head
-from replast.models.registry import MODELS, Built, ZooModel, list_models, load_model, register_model
+from replast.models.registry import (
+    MODELS,
+    Built,
+    ZooModel,
+    build_model,
+    list_models,
+    load_model,
+    register_model,
+)
 
 __all__ = [
-    "MODELS", "Built", "ZooModel", "classifier_name", "head_classes", "list_models", "load_model",
+    "MODELS", "Built", "ZooModel", "build_model", "classifier_name", "head_classes", "list_models", "load_model",
     "model_family", "register_model", "replace_head",
 ]

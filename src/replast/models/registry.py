@@ -70,22 +70,26 @@ def load_model(name: str, num_classes: int, weights: str | os.PathLike = "pretra
     .pth/.safetensors file. A loaded head is kept when it already has `num_classes` outputs (e.g. 1000 for
     ImageNet predictions); otherwise a new head is initialized.
     """
-    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
-    _check_args(num_classes, weights, drop_path)
-    if name in MODELS:
-        built = MODELS.get(name).build(weights, drop_path)
-    else:
-        from replast.models.generic import build_generic
-
-        built = build_generic(name, weights, drop_path)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    built = build_model(name, weights, drop_path=drop_path)
     if not built.head_loaded or head_classes(built.model) != num_classes:
         replace_head(built.model, num_classes)
     return built.model, built.preprocessing
 
 
-def _check_args(num_classes: int, weights: str, drop_path: float) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+def build_model(name: str, weights: str | os.PathLike = "pretrained", *, drop_path: float = 0.0) -> Built:
+    """`name` with `weights` and the head it was built or loaded with (`Built.head_loaded` says which)."""
+    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    _check_args(weights, drop_path)
+    if name in MODELS:
+        return MODELS.get(name).build(weights, drop_path)
+    from replast.models.generic import build_generic
+
+    return build_generic(name, weights, drop_path)
+
+
+def _check_args(weights: str, drop_path: float) -> None:
     if not isinstance(weights, str) or not weights:
         raise ConfigError(f"weights must be 'pretrained', 'none' or a file path, got {weights!r}")
     if not isinstance(drop_path, (int, float)) or not math.isfinite(drop_path) or not 0.0 <= drop_path < 1.0:
