@@ -168,6 +168,20 @@ def test_two_process_ddp_with_batchnorm_re_estimation_evaluates_one_network(tmp_
     assert all(torch.isfinite(v).all() for k, v in state.items() if k.endswith(("running_mean", "running_var")))
 
 
+@contextlib.contextmanager
+def _ddp_launch(args, env, log: Path):
+    """`replast finetune` in a session of its own, its output in `log`; the launcher and every rank it spawned
+    are killed at the end (a hung run would otherwise outlive the test)."""
+    with log.open("wb") as sink:
+        launcher = subprocess.Popen([sys.executable, "-m", "replast", "finetune", *map(str, args)], env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield launcher
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
 def test_two_process_ddp_stops_together_when_only_rank_0_is_signalled(tmp_path):
     """SIGTERM reaches one rank (a pre-emption that signals the launcher only, or every rank a step apart):
     the ranks agree within 25 steps, both checkpoint and exit; before, rank 0 left the loop alone and the run
@@ -176,22 +190,42 @@ def test_two_process_ddp_stops_together_when_only_rank_0_is_signalled(tmp_path):
     args = [*BASE, "--epochs", "30", "--train.augment", "false", "--devices", "2", "--strategy", "ddp",
             "--out", out]
     args[args.index("--batch_size") + 1] = "4"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen([sys.executable, "-m", "replast", "finetune", *map(str, args)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
+    with _ddp_launch(args, {**os.environ, "OMP_NUM_THREADS": "1"}, tmp_path / "log") as launcher:
         deadline = time.monotonic() + 300
         while not (out / "metrics.csv").exists() or len((out / "metrics.csv").read_text().splitlines()) < 2:
             assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
             time.sleep(0.5)
         launcher.send_signal(signal.SIGTERM)  # rank 0 (the launcher) only
         code = launcher.wait(timeout=180)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(launcher.pid, signal.SIGKILL)
-    assert code == 1, launcher.stderr.read().decode()[-2000:]
+    assert code == 1, (tmp_path / "log").read_text()[-2000:]
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     assert load_checkpoint(out / "checkpoints" / "last.pt")["train_state"]["step"] % 25 == 0  # an agreed step
+
+
+def test_two_process_ddp_skips_a_step_together_when_one_rank_has_a_nonfinite_loss(tmp_path):
+    """--train.on_nonfinite skip with a NaN loss on rank 1 only (at its 3rd training step): both ranks skip
+    that step and the run finishes; before, rank 1 skipped alone and rank 0 hung in the gradient all-reduce."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('LOCAL_RANK') == '1':  # the spawned rank only: the launcher is rank 0\n"
+        "    import torch.nn.functional as F\n"
+        "    _cross_entropy, _calls = F.cross_entropy, [0]\n"
+        "    def _nan_on_the_third_call(*args, **kwargs):\n"
+        "        _calls[0] += 1\n"
+        "        loss = _cross_entropy(*args, **kwargs)\n"
+        "        return loss * float('nan') if _calls[0] == 3 else loss\n"
+        "    F.cross_entropy = _nan_on_the_third_call\n")
+    args = [*BASE, "--epochs", "1", "--train.augment", "false", "--train.on_nonfinite", "skip", "--devices", "2",
+            "--strategy", "ddp", "--out", tmp_path / "ddp"]
+    args[args.index("--batch_size") + 1] = "4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with _ddp_launch(args, env, tmp_path / "log") as launcher:
+        code = launcher.wait(timeout=240)
+    assert code == 0, (tmp_path / "log").read_text()[-2000:]
+    assert metrics(tmp_path / "ddp")["world_size"] == 2
 
 
 class _OneProcessFabric:

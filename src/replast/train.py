@@ -288,6 +288,12 @@ class Trainer:
                                      "epoch_time_s": time.perf_counter() - started}
         return None
 
+    def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
+        """True on every rank when any rank's loss is NaN/Inf: all skip the step, or none (a rank skipping
+        alone would leave the others waiting in the gradient all-reduce)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        return bool(self.fabric.all_reduce(bad, reduce_op="sum") > 0)
+
     def _agree(self, loss_sum: torch.Tensor, stop: StopRequested) -> tuple[float, bool]:
         """The training loss summed over ranks, and whether any rank was asked to stop (one collective)."""
         both = self.fabric.all_reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(bool(stop)))]),
@@ -315,7 +321,7 @@ class Trainer:
         with self.fabric.autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
-        if self.cfg.train.on_nonfinite == "skip" and not torch.isfinite(loss):
+        if self.cfg.train.on_nonfinite == "skip" and self._nonfinite_anywhere(loss):
             self.optimizer.zero_grad(set_to_none=True)
             return loss.new_zeros(()), logits
         self.fabric.backward(loss)
