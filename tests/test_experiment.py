@@ -167,6 +167,11 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("name: s\n# café\ngrid: {seed: [0]}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml is not UTF-8 text"):
         load_study(tmp_path / "latin1.yaml")
+    # a key written twice: YAML readers keep the last silently, and a grid loses its first axis
+    (tmp_path / "twice.yaml").write_text("name: s\ngrid:\n  seed: [0, 1]\n  epochs: [1]\n  seed: [2]\n"
+                                         "runs:\n  - {seed: 3, seed: 4}\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: seed \(line 5\), seed \(line 7\) written twice"):
+        load_study(tmp_path / "twice.yaml")
 
 
 def test_duplicates_run_once_with_a_warning(caplog):
@@ -372,14 +377,17 @@ def test_corrupt_files_mark_one_run_damaged_and_rerun_it(fake_trainer, study_fil
     runs = sorted((out / "runs").iterdir())
     (runs[0] / "status.json").write_text("{not json")
     (runs[1] / "metrics.csv").write_bytes(b"\x00\x17garbage;;\nepoch\nx\n")
-    untouched = {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[2:]}
+    (runs[2] / "metrics.csv").unlink()
+    (runs[2] / "metrics.csv").mkdir()  # cannot be read at all (an OSError, as without read permission)
+    untouched = {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[3:]}
     _, _, failures = collect(out)
-    assert {f["hash"]: f["status"] for f in failures} == {runs[0].name: "damaged", runs[1].name: "damaged"}
+    bad = sorted(r.name for r in runs[:3])
+    assert {f["hash"]: f["status"] for f in failures} == dict.fromkeys(bad, "damaged")
     summary = sweep(study_file)
-    assert sorted(d["hash"] for d in summary.damaged) == sorted([runs[0].name, runs[1].name])
-    assert sorted(summary.launched) == sorted([runs[0].name, runs[1].name]) and summary.ok
-    assert len(list((out / "damaged").iterdir())) == 2
-    assert {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[2:]} == untouched
+    assert sorted(d["hash"] for d in summary.damaged) == bad
+    assert sorted(summary.launched) == bad and summary.ok
+    assert len(list((out / "damaged").iterdir())) == 3
+    assert {r.name: (r / "final.json").stat().st_mtime_ns for r in runs[3:]} == untouched
     assert set(statuses(out).values()) == {"finished"}
 
 

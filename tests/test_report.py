@@ -241,6 +241,15 @@ def test_report_from_results_csv_alone_and_with_nothing_finished(study_out, tmp_
         shutil.copy(study_out / name, alone / name)
     render(alone)
     assert "targeted (fraction=0.1) is higher" in (alone / "report.md").read_text()
+    # hex hashes of digits only stay text (a number would lose leading zeros, or read 12e456789012 as inf)
+    from replast.report.build import _load
+
+    for name in ("results.csv", "curves.csv"):
+        table = pd.read_csv(alone / name, dtype={"hash": str})
+        hashes = {h: f"{i + 1:02d}e{i:09d}" for i, h in enumerate(sorted(table["hash"].unique()))}  # 01e000000000
+        table.assign(hash=table["hash"].map(hashes)).to_csv(alone / name, index=False)
+    results, curves, _ = _load(alone)
+    assert set(results["hash"]) == set(curves["hash"]) == set(hashes.values())
     empty = tmp_path / "empty"
     write_run(empty, {"seed": 0}, 0.0, [0.1], status="failed:nonfinite")
     render(empty)

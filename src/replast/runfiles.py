@@ -103,19 +103,3 @@ def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
-
-
-def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(text: str) -> Any:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -50,7 +50,7 @@ def read_metrics(path: str | os.PathLike):
 
     try:
         df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise ValueError(f"unreadable metrics.csv ({' '.join(str(e).split())[:120]})") from e
     bad = [c for c in METRIC_COLUMNS if c in df.columns and not pd.api.types.is_numeric_dtype(df[c])]
     if "epoch" not in df.columns or bad:

@@ -167,7 +167,27 @@ def load_study(path: str | os.PathLike) -> Study:
         raise ConfigError(f"cannot read study file {file} ({e.strerror or e}); check the path") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file} is not valid YAML ({' '.join(str(e).split())}); fix the syntax") from e
+    if twice := repeated_keys(file.read_text(encoding="utf-8")):
+        raise ConfigError(f"{file}: {', '.join(twice)} written twice (YAML keeps only the last); keep one of each")
     return parse_study(raw, str(file))
+
+
+def repeated_keys(text: str) -> list[str]:
+    """'KEY (line N)' for each key a mapping of this YAML text repeats: a YAML reader silently keeps the last."""
+    found: list[str] = []
+    stack = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                    found.append(f"{key.value} (line {key.start_mark.line + 1})")
+                seen.add(getattr(key, "value", None))
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return sorted(found)
 
 
 def parse_study(raw: Any, path: str = "<study>") -> Study:

@@ -45,8 +45,9 @@ def _load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     if (out / "runs").is_dir():
         return collect(out, write=False)
     if (out / "results.csv").exists():
-        results = _read_table(out / "results.csv", dtype={"environment.commit": str})
-        curves = _read_table(out / "curves.csv")
+        # hashes are hex text: one of digits only ("012345678901", "12e456789012") must not become a number
+        results = _read_table(out / "results.csv", dtype={"environment.commit": str, "hash": str})
+        curves = _read_table(out / "curves.csv", dtype={"hash": str})
         if not len(results.columns):
             return results, curves, []
         if (results["status"] == "finished").any() and "seed" not in results:  # runs are paired by seed
