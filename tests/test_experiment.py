@@ -172,6 +172,12 @@ def test_invalid_yaml_and_missing_file(tmp_path):
                                          "runs:\n  - {seed: 3, seed: 4}\n")
     with pytest.raises(ConfigError, match=r"twice.yaml: seed \(line 5\), seed \(line 7\) written twice"):
         load_study(tmp_path / "twice.yaml")
+    # `off` unquoted is YAML 1.1's false: the error says so
+    (tmp_path / "off.yaml").write_text("name: s\nbase: {device_cache: off}\ngrid: {seed: [0]}\n")
+    with pytest.raises(ConfigError, match=r"device_cache.*read device_cache's value as false: quote it"):
+        expand(load_study(tmp_path / "off.yaml"))
+    (tmp_path / "quoted.yaml").write_text("name: s\nbase: {device_cache: 'off'}\ngrid: {seed: [0]}\n")
+    assert expand(load_study(tmp_path / "quoted.yaml"))
 
 
 def test_duplicates_run_once_with_a_warning(caplog):

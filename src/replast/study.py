@@ -130,7 +130,10 @@ def _config_parser() -> ArgumentParser:
 
 def _type_error(key: str, value: Any, where: str) -> str | None:
     """The command line's type check of one study value (a study's values do not pass through its parser)."""
-    return _checked_type(key, json.dumps(value, default=str), where)
+    error = _checked_type(key, json.dumps(value, default=str), where)
+    if error and isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no unquoted as booleans
+        error += f"; YAML read {key}'s value as {str(value).lower()}: quote it ('off', 'on') if you meant the text"
+    return error
 
 
 @functools.cache
