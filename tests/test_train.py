@@ -321,3 +321,36 @@ def test_track_plasticity_runs_and_writes_plasticity_csv(cli, tmp_path):
     rows = _csv_rows(out / "plasticity.csv")
     assert [int(r["step"]) for r in rows] == [5, 10]
     assert "plasticity_dormant_fraction" in _csv_rows(out / "metrics.csv")[0]
+
+
+# ---- what a checkpoint carries besides model and optimizer -------------------------------------------
+def _tiny_trainer(tmp_path, total_steps: int = 10, precision: str = "32-true") -> Trainer:
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins import MixedPrecision
+
+    from replast.config import FinetuneConfig
+    from replast.optim import build_scheduler
+
+    # Fabric turns 16-mixed into bf16-mixed on a CPU: the plugin keeps fp16 with its GradScaler, as on a GPU
+    plugins = [MixedPrecision("16-mixed", "cpu")] if precision == "16-mixed" else None
+    fabric = Fabric(accelerator="cpu", devices=1, precision=None if plugins else precision, plugins=plugins)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    scheduler = build_scheduler(optimizer, total_steps, 0)
+    return Trainer(fabric, model, optimizer, scheduler, FinetuneConfig(), tmp_path, 2)
+
+
+def test_resume_restores_the_loss_scale_of_16_mixed(tmp_path):
+    trainer = _tiny_trainer(tmp_path, precision="16-mixed")
+    with trainer.fabric.autocast():
+        loss = trainer.model(torch.randn(8, 4)).float().pow(2).mean() * 1e30  # overflows: the scale halves
+    trainer.fabric.backward(loss)
+    trainer.optimizer.step()
+    scaled = trainer.fabric.strategy.precision.state_dict()
+    assert scaled["scale"] == 2.0 ** 15
+    trainer.save("last")
+    resumed = _tiny_trainer(tmp_path, precision="16-mixed")
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.fabric.strategy.precision.state_dict()["scale"] == scaled["scale"]
+

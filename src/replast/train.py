@@ -194,6 +194,10 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             **{key: hooks.state_dict() for key, hooks in self.stateful.items()},
         }
+        # 16-mixed's loss scale: a resume that restarts it at 2**16 skips steps the uninterrupted run took
+        precision = self.fabric.strategy.precision.state_dict()
+        if precision:
+            state["precision"] = precision
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -212,6 +216,8 @@ class Trainer:
             ts = ckpt["train_state"]
             state = TrainState(int(ts["epoch"]), int(ts["step"]), int(ts["position"]), float(ts["best_val_acc"]),
                                int(ts["best_epoch"]), list(ckpt.get("history", [])), dict(ts.get("partial", {})))
+            if "precision" in ckpt:
+                self.fabric.strategy.precision.load_state_dict(ckpt["precision"])
             torch.set_rng_state(ckpt["rng_cpu"])
             for key, hooks in self.stateful.items():
                 if key in ckpt:  # absent in checkpoints written before it was recorded
