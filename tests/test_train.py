@@ -354,3 +354,13 @@ def test_resume_restores_the_loss_scale_of_16_mixed(tmp_path):
     resumed.resume(tmp_path / "checkpoints" / "last.pt")
     assert resumed.fabric.strategy.precision.state_dict()["scale"] == scaled["scale"]
 
+
+def test_resume_refuses_a_checkpoint_of_another_schedule(tmp_path):
+    # e.g. --epochs raised on resume: the saved cosine had already reached 0, so every added epoch ran at lr 0
+    from replast.errors import CheckpointError
+
+    _tiny_trainer(tmp_path, total_steps=10).save("last")
+    with pytest.raises(CheckpointError, match=r"schedule of 0 warm-up \+ 10 cosine steps, this run has 0 "
+                                              r"warm-up \+ 30 cosine steps; resume with the --epochs"):
+        _tiny_trainer(tmp_path, total_steps=30).resume(tmp_path / "checkpoints" / "last.pt")
+    _tiny_trainer(tmp_path, total_steps=10).resume(tmp_path / "checkpoints" / "last.pt")

@@ -209,6 +209,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location="cpu")
+        _check_same_schedule(path, ckpt.get("scheduler"), self.scheduler.state_dict())
         try:
             unwrap_model(self.model).load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -359,6 +360,19 @@ class Trainer:
         if self.fabric.is_global_zero:
             runfiles.write_rows(self.run_dir / "metrics.csv", state.history)
         self.fabric.log_dict({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=state.step)
+
+
+def _check_same_schedule(path: Path, saved: Any, current: dict[str, Any]) -> None:
+    """The schedule's lengths follow --epochs, --batch_size, the data and --train.warmup_epochs; loading
+    another run's would keep its cosine, e.g. a learning rate of 0 for every epoch added on resume."""
+    if not isinstance(saved, dict):
+        return  # a malformed checkpoint: resume() reports it
+    lengths = [tuple(d.get(k) for k in ("warmup_t", "t_initial")) for d in (saved, current)]
+    if lengths[0] != lengths[1]:
+        was, now = (f"{w} warm-up + {c} cosine steps" for w, c in lengths)
+        raise CheckpointError(f"checkpoint {path} was written for a schedule of {was}, this run has {now}; "
+                              "resume with the --epochs, --batch_size, data options and --train.warmup_epochs "
+                              "it was written with, or start without --resume")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
