@@ -115,6 +115,22 @@ def test_layer_decay_on_a_vit_timm_cannot_number_warns_and_is_ignored():
     assert {g["lr"] for g in optimizer.param_groups} == {settings.lr}
 
 
+@pytest.mark.parametrize("build", [
+    lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3),
+    lambda: torchvision.models.swin_t(num_classes=3)], ids=["vit", "swin"])
+def test_torchvision_tokens_and_position_embeddings_get_no_weight_decay(build):
+    # TrainConfig promises it for every model; timm's grouping only knows a timm model's no_weight_decay()
+    model = build()
+    settings = resolve(TrainConfig(), model_family(model), 64)
+    wd = {n: g["weight_decay"] for n, g in _groups_by_param(model, build_optimizer(model, TrainConfig(),
+                                                                                   settings)).items()}
+    tokens = [n for n in wd if n.rpartition(".")[2] in ("class_token", "pos_embedding",
+                                                         "relative_position_bias_table")]
+    assert tokens and all(wd[n] == 0.0 for n in tokens), {n: wd[n] for n in tokens}
+    assert {v for n, v in wd.items() if model.get_parameter(n).ndim > 1 and n not in tokens} == {0.05}
+
+
 @pytest.mark.parametrize("family, optimizer, batch, expected", [
     ("vit", "auto", 64, ("adamw", 1e-4, 0.05)),
     ("vit", "auto", 32, ("adamw", 0.5e-4, 0.05)),

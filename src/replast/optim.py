@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule for fine-tuning, built with timm's factories.
 
-timm gives weight-decay groups that exclude norms, biases and tokens, layer-wise lr decay for ViTs
+timm gives weight-decay groups that exclude norms, biases, tokens and position embeddings (timm models list
+theirs; torchvision's are found by name), layer-wise lr decay for ViTs
 (`lr_scale` per group; timm's layer ids: embeddings 0, blocks 1..L with the final norm in block L,
 head L+1) and a per-step cosine schedule with warm-up that honours those scales.
 """
@@ -11,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -21,6 +22,9 @@ from replast.errors import ConfigError
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
 REFERENCE_BATCH = 64
+# torchvision's names for tokens and position embeddings (ViT, Swin, MaxViT); timm models list theirs
+# in `no_weight_decay()`, torchvision models have no such list
+TORCHVISION_NO_DECAY = ("class_token", "pos_embedding", "relative_position_bias_table")
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, settings: OptimSettings,
         warnings.warn(f"train.layer_decay={layer_decay} is ignored for {type(model).__name__}: only timm models "
                       "(with group_matcher) number their layers", stacklevel=2)
         layer_decay = None
+    no_decay = _torchvision_no_decay(model)
+    if no_decay and layer_decay is None:
+        kwargs["param_group_fn"] = lambda m: param_groups_weight_decay(m, settings.weight_decay,
+                                                                       no_weight_decay_list=no_decay)
     return create_optimizer_v2(model, opt=opt_name, lr=settings.lr, weight_decay=settings.weight_decay,
                                layer_decay=layer_decay, **kwargs)
+
+
+def _torchvision_no_decay(model: nn.Module) -> list[str]:
+    if hasattr(model, "no_weight_decay"):
+        return []
+    return [n for n, _ in model.named_parameters() if n.rpartition(".")[2] in TORCHVISION_NO_DECAY]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
