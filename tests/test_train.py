@@ -364,3 +364,28 @@ def test_resume_refuses_a_checkpoint_of_another_schedule(tmp_path):
                                               r"warm-up \+ 30 cosine steps; resume with the --epochs"):
         _tiny_trainer(tmp_path, total_steps=30).resume(tmp_path / "checkpoints" / "last.pt")
     _tiny_trainer(tmp_path, total_steps=10).resume(tmp_path / "checkpoints" / "last.pt")
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler sees it."""
+
+
+def test_run_killed_after_its_last_checkpoint_resumes_with_every_metrics_row(cli, tmp_path, monkeypatch):
+    # last.pt of the final epoch was on disk before metrics.csv had that epoch's row: the resume found no
+    # epoch left to run and finished with the row missing
+    from replast import runfiles
+
+    args = [*TINY[:-1], "2", "--train.warmup_epochs", "0", "--out", tmp_path / "run"]
+    write_rows = runfiles.write_rows
+
+    def killed_at_epoch_2(path, rows):
+        if Path(path).name == "metrics.csv" and len(rows) == 2:
+            raise _Killed
+        write_rows(path, rows)
+
+    with monkeypatch.context() as m:
+        m.setattr(runfiles, "write_rows", killed_at_epoch_2)
+        with pytest.raises(_Killed):
+            cli(*args)
+    assert cli(*args, "--resume", "true")[0] == 0
+    assert [r["epoch"] for r in _csv_rows(tmp_path / "run" / "metrics.csv")] == ["1", "2"]

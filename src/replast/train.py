@@ -356,9 +356,11 @@ class Trainer:
         if val["acc"] > state.best_val_acc:
             state.best_val_acc, state.best_epoch = val["acc"], state.epoch
             self.save("best")
-        self.save("last")
+        # metrics.csv before last.pt: a run killed in between redoes this epoch on resume and rewrites the
+        # row; the other order left a finished resume without the final epoch's row
         if self.fabric.is_global_zero:
             runfiles.write_rows(self.run_dir / "metrics.csv", state.history)
+        self.save("last")
         self.fabric.log_dict({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=state.step)
 
 
