@@ -116,6 +116,19 @@ def test_nonfinite_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):
     assert raised.returncode == 2 and "NaN/Inf" in raised.stderr and "Traceback" not in raised.stderr
 
 
+def test_skipped_steps_leave_the_training_loss_and_the_schedule_alone(cli, tmp_path):
+    # lr 1e30 makes every step after the first non-finite: each counted as a loss of 0 (a diverged run
+    # showed a train_loss of 0.0), and the scheduler stood still (the lr column kept step 1's rate)
+    out = tmp_path / "skip"
+    code, _, err = cli(*TINY[:-1], "2", "--train.warmup_epochs", "0", "--train.lr", "1e30",
+                       "--train.on_nonfinite", "skip", "--out", out)
+    assert code == 0, err
+    rows = _csv_rows(out / "metrics.csv")
+    assert float(rows[0]["train_loss"]) > 0.5  # step 1's loss, about ln 3, averaged over the steps that ran
+    assert rows[1]["train_loss"] == "nan"  # no step of epoch 2 ran
+    assert float(rows[1]["lr"]) == 0.0  # the cosine reached its end with the run
+
+
 def test_linear_probe_changes_only_the_head(tmp_path):
     replast(*BASE, "--epochs", "1", "--train.mode", "linear-probe", "--out", tmp_path / "probe")
     trained = final_state(tmp_path / "probe")

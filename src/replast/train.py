@@ -260,11 +260,10 @@ class Trainer:
                 loss, logits = self._timed_first_step(x, y)
             else:
                 loss, logits = self._step(x, y)
-            if loss is None:
-                return FitResult(state, "nonfinite", state.step)
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
+            if loss is not None:  # None: a non-finite step skipped, left out of the epoch's loss and accuracy
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.numel()
             state.step += 1
             state.position += 1
             for hook in self.step_hooks:
@@ -290,7 +289,7 @@ class Trainer:
                                         reduce_op="sum")
         if not torch.isfinite(totals[0]):  # summed over ranks: every rank sees the same answer
             return self._nonfinite(state.step)
-        seen_all = max(float(totals[2]), 1.0)
+        seen_all = float(totals[2]) or float("nan")  # every step skipped: no training loss to report
         self._epoch_train_metrics = {"train_loss": float(totals[0]) / seen_all, "train_acc": float(totals[1]) / seen_all,
                                      "epoch_time_s": time.perf_counter() - started}
         return None
@@ -328,16 +327,16 @@ class Trainer:
         with self.fabric.autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
-        if self.cfg.train.on_nonfinite == "skip" and self._nonfinite_anywhere(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            return loss.new_zeros(()), logits
-        self.fabric.backward(loss)
-        if self.optimizer_step is not None:
-            self.optimizer_step()
-        else:
-            self.optimizer.step()
+        skipped = self.cfg.train.on_nonfinite == "skip" and self._nonfinite_anywhere(loss)
+        if not skipped:
+            self.fabric.backward(loss)
+            if self.optimizer_step is not None:
+                self.optimizer_step()
+            else:
+                self.optimizer.step()
+        # a skipped step still counts: the schedule follows state.step, so the next step gets its own rate
         self.scheduler.step_update(self.state.step + 1)
-        return loss, logits
+        return (None if skipped else loss), logits
 
     def _end_epoch(self, val_loader) -> None:
         state = self.state
