@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import timm
@@ -164,6 +165,18 @@ def test_schedule_warms_up_then_decays_to_zero_at_the_last_step():
     for step, lr in expected.items():
         scheduler.step_update(step)
         assert head["lr"] == pytest.approx(lr, abs=1e-15), step
+
+
+@pytest.mark.parametrize("total, warmup, one_step", [(1, 1, True), (13, 13, False), (4, 6, False)])
+def test_schedule_warns_when_the_warm_up_covers_the_whole_run(total, warmup, one_step):
+    # e.g. --epochs 1 with the default warmup_epochs 1: the rate only rises, and a one-step run trained at lr 0
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match=rf"warm-up \({warmup} steps\) covers the whole run \({total} steps\)") as w:
+        build_scheduler(optimizer, total_steps=total, warmup_steps=warmup)
+    assert ("learning rate of 0" in str(w[0].message)) == one_step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_scheduler(optimizer, total_steps=total + warmup, warmup_steps=warmup)
 
 
 # ---- input size vs patch size ----------------------------------------------------------------------

@@ -93,6 +93,11 @@ def _torchvision_no_decay(model: nn.Module) -> list[str]:
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
     """Linear warm-up over `warmup_steps`, then cosine decay reaching zero at step `total_steps` (the
     whole run, warm-up included); stepped once per optimizer update. Honours each group's `lr_scale`."""
+    if warmup_steps >= total_steps > 0:
+        warnings.warn(f"the warm-up ({warmup_steps} steps) covers the whole run ({total_steps} steps): the learning "
+                      "rate rises to its peak only after the last step and never decays"
+                      + (", so the one step has a learning rate of 0" if total_steps == 1 else "")
+                      + "; lower --train.warmup_epochs below --epochs", stacklevel=2)
     # With warmup_prefix the cosine starts after the warm-up, so its length is what remains of the run.
     return CosineLRScheduler(
         optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=0.0, warmup_t=warmup_steps,
