@@ -10,7 +10,8 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from replast.config import FinetuneConfig, ReinitConfig
+from replast.config import FinetuneConfig, ReinitConfig, reinit_errors, seed_errors, unknown_keys
+from replast.errors import ConfigError
 
 console = Console(stderr=False)
 
@@ -112,6 +113,7 @@ def diagnose(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "ru
     from replast.diagnose_cmd import run_diagnose
     from replast.runfiles import check_creatable
 
+    _refuse(seed_errors(seed) + ([f"batches={batches}: must be at least 1"] if batches < 1 else []))
     check_creatable(out, directory=True)
     return run_diagnose(model=model, data=data, out=out, weights=weights, batches=batches, batch_size=batch_size,
                         image_size=image_size, max_samples=max_samples, compare=compare, seed=seed, console=console)
@@ -137,11 +139,19 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
     """
     from replast.export import export_reinitialized
 
-    if isinstance(reinit, dict):  # jsonargparse hands nested dataclasses over as dicts
+    if not isinstance(reinit, ReinitConfig):  # jsonargparse hands nested dataclasses over as dicts
+        _refuse(unknown_keys(ReinitConfig, reinit, "reinit."))  # `reinit: 3` in a --config file passes it
         reinit = ReinitConfig(**reinit)
+    _refuse(seed_errors(seed) + reinit_errors(reinit))
     return export_reinitialized(model=model, data=data, out=out, weights=weights, batch_size=batch_size,
                                 image_size=image_size, max_samples=max_samples, seed=seed, overwrite=overwrite,
                                 reinit=reinit, console=console)
+
+
+def _refuse(errors: list[str]) -> None:
+    """One ConfigError listing every problem, before any model or data loads."""
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm"] = "local", jobs: int = 1,

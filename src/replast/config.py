@@ -215,6 +215,15 @@ def unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
     return errors
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed that numpy's and Lightning's seeding accept."""
+
+
+def seed_errors(seed: int) -> list[str]:
+    """A message when `seed` is outside [0, MAX_SEED], where numpy and Lightning would raise a ValueError."""
+    return [] if 0 <= seed <= MAX_SEED else [f"seed={seed}: must be in [0, {MAX_SEED}]"]
+
+
 def _range(errors: list[str], name: str, value: float | None, lo: float, hi: float, hint: str = "") -> None:
     if value is not None and not (lo <= value <= hi):
         errors.append(f"{name}={value} is out of range [{lo}, {hi}]{hint}")
@@ -233,13 +242,14 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
         errors.append(f"max_samples={cfg.max_samples}: need at least 6 samples to split")
     if cfg.devices < 1 or cfg.num_nodes < 1:
         errors.append("devices and num_nodes must be at least 1")
+    errors += seed_errors(cfg.seed)
     if not cfg.out.strip():
         errors.append("out is empty: name the run directory (--out DIR)")
     _range(errors, "train_fraction", cfg.train_fraction, 1e-6, 1.0)
     _range(errors, "max_bad_fraction", cfg.max_bad_fraction, 0.0, 1.0)
     if not (0 < cfg.val_fraction and 0 < cfg.test_fraction and cfg.val_fraction + cfg.test_fraction < 1):
         errors.append("val_fraction and test_fraction must be > 0 and sum to less than 1")
-    t, r = cfg.train, cfg.reinit
+    t = cfg.train
     if t.lr is not None and not t.lr > 0:
         errors.append(f"train.lr={t.lr}: must be > 0")
     if t.weight_decay is not None and t.weight_decay < 0:
@@ -253,6 +263,12 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
     _range(errors, "train.drop_path", t.drop_path, 0.0, 0.99)
     if t.warmup_epochs < 0 or t.track_plasticity < 0 or t.precise_bn < 0:
         errors.append("train.warmup_epochs, train.track_plasticity and train.precise_bn must be >= 0")
+    return errors + reinit_errors(cfg.reinit)
+
+
+def reinit_errors(r: ReinitConfig) -> list[str]:
+    """Every range problem of a ReinitConfig (reinit.* options), as one message each."""
+    errors: list[str] = []
     _range(errors, "reinit.fraction", r.fraction, 0.0, 1.0, ": a fraction of weights")
     if r.threshold < 0:
         errors.append(f"reinit.threshold={r.threshold}: must be >= 0")
