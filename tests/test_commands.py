@@ -210,3 +210,14 @@ def test_exported_file_reloads_into_the_same_model_exactly(cli, tmp_path):
     state = model.state_dict()
     assert state.keys() == saved.keys()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+@pytest.mark.parametrize("blocked", ["diagnosis.csv", "diagnosis_weight_norm.png"])
+def test_diagnose_output_file_that_is_a_directory_is_one_line_exit_2(cli, tmp_path, blocked):
+    """diagnosis.csv (pandas' to_csv) and the PNGs (savefig) were written in place, outside atomic_write: an
+    OSError there was a raw IsADirectoryError traceback, and an interrupted write left a partial file."""
+    out = tmp_path / "diagnosis"
+    (out / blocked).mkdir(parents=True)
+    code, _, err = cli("diagnose", *SMALL, "--batches", "1", "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and blocked in err, err
+    assert not list(out.glob(".*.tmp"))  # no temporary file left behind

@@ -20,6 +20,7 @@ import pandas as pd
 from torch import Tensor, nn
 
 from replast import diagnostics as dx
+from replast.checkpoint import write_text
 from replast.probe import DEFAULT_ACTIVATIONS, UNIT_LAYERS, ActivationStats, Labels, LayerStats, capture
 
 COLUMNS = [
@@ -53,13 +54,12 @@ class DiagnosisReport:
         """JSON text (NaN/Inf written as null); also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text(path, text)
         return text
 
     def to_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        self.to_frame().to_csv(path, index=False)
-        return path
+        """The table as CSV, written atomically (a failed write leaves no partial file)."""
+        return write_text(path, self.to_frame().to_csv(index=False))
 
     @classmethod
     def from_json(cls, source: str | Path) -> DiagnosisReport:

@@ -7,6 +7,7 @@ Uses matplotlib's object API with the Agg canvas (no pyplot state, safe in threa
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from replast.checkpoint import atomic_write
 from replast.diagnosis import DiagnosisReport
 from replast.errors import OutputError
 
@@ -84,5 +86,6 @@ def _bar_chart(metric: str, series: pd.Series, ref: pd.Series | None, path: Path
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{metric} per layer")
     ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=110)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
