@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -136,6 +137,14 @@ def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, w
             "reference_vs_synthetic": rate["reference"] / rate["synthetic"]}
 
 
+def bench_command(models: list[str], sizes: list[int], batch_size: int, steps: int, data: str, weights: str) -> str:
+    """The shell command that repeats a measurement: `--models [a,b]` (a Python list's repr has spaces and
+    quotes, which the shell splits and strips), every value quoted where the shell needs it."""
+    return shlex.join(["replast", "bench", "--models", f"[{','.join(models)}]",
+                       "--sizes", f"[{','.join(map(str, sizes))}]", "--batch_size", str(batch_size),
+                       "--steps", str(steps), "--data", data, "--weights", weights])
+
+
 def run_throughput(models: list[str] | None = None, sizes: list[int] | None = None, batch_size: int = 64,
                    steps: int = 20, out: str | None = None, console=None, data: str = "br35h",
                    weights: str = "pretrained") -> int:
@@ -155,8 +164,7 @@ def run_throughput(models: list[str] | None = None, sizes: list[int] | None = No
     record = {"device": device, "torch": torch.__version__, "intra_op_threads": torch.get_num_threads(), "precision": fabric._precision.precision
               if hasattr(fabric._precision, "precision") else resolve_precision("auto", accelerator),
               "python": platform.python_version(), "data": data, "weights": weights, "results": rows,
-              "command": f"replast bench --models {models} --sizes {sizes} --batch_size {batch_size} --steps {steps}"
-                         f" --data {data} --weights {weights}"}
+              "command": bench_command(models, sizes, batch_size, steps, data, weights)}
     write_text(path, json.dumps(record, indent=2) + "\n")
     if console is not None:
         for r in rows:
