@@ -221,3 +221,16 @@ def test_diagnose_output_file_that_is_a_directory_is_one_line_exit_2(cli, tmp_pa
     code, _, err = cli("diagnose", *SMALL, "--batches", "1", "--out", out)
     assert code == 2 and len(err.strip().splitlines()) == 1 and blocked in err, err
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("blocked", ["model.safetensors", "model.json"])
+def test_reinit_output_or_report_path_that_is_a_directory_fails_before_writing(cli, tmp_path, blocked):
+    """A directory at OUT was answered `exists; pass --overwrite`, which cannot help; a directory at the
+    report's path (OUT with .json) failed only after OUT itself was written, so --overwrite left a model file
+    without its report (or a new model beside an old report)."""
+    out = tmp_path / "model.safetensors"
+    (tmp_path / blocked).mkdir()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = cli("reinit", *REINIT_SMALL, "--out", out, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "is a directory" in err, err
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [blocked]

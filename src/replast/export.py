@@ -32,9 +32,12 @@ def export_reinitialized(*, model: str, data: str, out: str, weights: str, batch
         existing = [p for p in (path, report_path) if p.exists()]
     except OSError as e:
         raise OutputError(f"--out {out}: {e.strerror}; choose another path") from e
+    # Both files before the --overwrite question (which cannot help a directory), and before any work: a
+    # directory at the report's path would fail its write after the model file was already replaced.
+    check_creatable(path)
+    check_creatable(report_path, option="the report beside --out,")
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists; choose another --out or pass --overwrite")
-    check_creatable(path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net, splits = load_model_and_data(model, data, weights=weights, device=device, image_size=image_size,
                                       seed=seed, max_samples=max_samples)
