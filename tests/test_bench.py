@@ -86,3 +86,14 @@ def test_recorded_command_parses_back_to_the_same_options():
     assert parsed.models == ["mobilenetv2_100", "efficientnet_lite0"] and parsed.sizes == [128, 224]
     assert (parsed.batch_size, parsed.steps, parsed.data, parsed.weights) == (128, 100, "imagefolder:/my images",
                                                                              "none")
+
+
+def test_bench_with_fewer_images_than_one_batch_is_one_line_exit_2(cli, image_folder, tmp_path):
+    """Both loops drop the last incomplete batch: with 18 images and --batch_size 64 the replast loop cycled
+    through a million empty epochs into a StopIteration traceback (and the DataLoader loop would never end)."""
+    out = tmp_path / "bench.json"
+    code, stdout, err = cli("bench", "--models", "[mobilenetv2_050]", "--sizes", "[32]", "--batch_size", "64",
+                            "--steps", "1", "--data", f"imagefolder:{image_folder}", "--weights", "none",
+                            "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--batch_size" in err, err
+    assert not out.exists()

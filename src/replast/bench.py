@@ -115,6 +115,9 @@ def measure(name: str, size: int, batch_size: int, steps: int, fabric: Fabric, w
     step, preprocessing = _train_step(fabric, name, size, num_classes=classes, weights=weights)
     data = load_dataset(data_name, preprocessing, image_size=size, device=fabric.device)
     loader = data.loader("train", batch_size, train=True, seed=0)
+    if len(loader) == 0:  # both loops drop the last incomplete batch: an epoch without one never yields a step
+        raise ConfigError(f"bench: the training split of {data_name} has {len(loader.indices)} images, fewer than "
+                          f"one batch of {batch_size}; lower --batch_size or use more images")
     epochs = iter(range(10**6))
 
     def replast_epoch():
