@@ -73,6 +73,10 @@ def test_diagnose_with_compare_writes_tables_reference_and_plots(cli, tmp_path):
     plots = sorted(out.glob("diagnosis_*.png"))
     assert plots and all(p.read_bytes().startswith(PNG) for p in plots)
     assert f"{len(plots)} plots" in flat(stdout)
+    # The title counts the layers it ranks (Conv/Linear/norm rows with a score), not every row of the report
+    # (activation rows too), which said "of 140" above a ranking of 105 layers.
+    scored = sum(r["kind"] == "param" and r["plasticity_score"] is not None for r in rows)
+    assert f"least plastic layers (of {scored} with a score)" in flat(stdout)
 
 
 @pytest.mark.parametrize(("command", "names"), [("models", lambda: [m["name"] for m in list_models()]),

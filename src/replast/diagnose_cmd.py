@@ -48,11 +48,12 @@ def _top_table(report, reference, rows: int = 15) -> Table:
     frame = report.to_frame()
     # Conv/Linear rows only: they carry the dormancy of the activation they feed, so their scores compare.
     frame = frame[(frame["kind"] == "param") & frame["plasticity_score"].notna()]
+    ranked = len(frame)
     frame = frame.sort_values("plasticity_score", ascending=False).head(rows)
     ref = None
     if reference is not None:  # param rows only: a PReLU is also an activation row of the same name
         ref = reference.to_frame().query("kind == 'param'").set_index("layer")["plasticity_score"]
-    table = Table(title=f"least plastic layers (of {len(report.rows)})")
+    table = Table(title=f"least plastic layers (of {ranked} with a score)")
     for column in (*SHOWN_COLUMNS, *(("reference_score",) if ref is not None else ())):
         table.add_column(column)
     for _, row in frame.iterrows():
