@@ -250,10 +250,10 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
     if not (0 < cfg.val_fraction and 0 < cfg.test_fraction and cfg.val_fraction + cfg.test_fraction < 1):
         errors.append("val_fraction and test_fraction must be > 0 and sum to less than 1")
     t = cfg.train
-    if t.lr is not None and not t.lr > 0:
-        errors.append(f"train.lr={t.lr}: must be > 0")
-    if t.weight_decay is not None and t.weight_decay < 0:
-        errors.append(f"train.weight_decay={t.weight_decay}: must be >= 0")
+    if t.lr is not None and not 0 < t.lr < math.inf:
+        errors.append(f"train.lr={t.lr}: must be a finite number > 0")
+    if t.weight_decay is not None and not 0 <= t.weight_decay < math.inf:  # NaN too (YAML's .nan)
+        errors.append(f"train.weight_decay={t.weight_decay}: must be a finite number >= 0")
     _range(errors, "train.momentum", t.momentum, 0.0, 1.0)
     if t.eval_batch_size is not None and t.eval_batch_size < 1:
         errors.append(f"train.eval_batch_size={t.eval_batch_size}: must be at least 1 "
@@ -261,8 +261,9 @@ def validation_errors(cfg: FinetuneConfig) -> list[str]:
     _range(errors, "train.label_smoothing", t.label_smoothing, 0.0, 0.99)
     _range(errors, "train.layer_decay", t.layer_decay, 1e-6, 1.0)
     _range(errors, "train.drop_path", t.drop_path, 0.0, 0.99)
-    if t.warmup_epochs < 0 or t.track_plasticity < 0 or t.precise_bn < 0:
-        errors.append("train.warmup_epochs, train.track_plasticity and train.precise_bn must be >= 0")
+    if not 0 <= t.warmup_epochs < math.inf or t.track_plasticity < 0 or t.precise_bn < 0:
+        errors.append(f"train.warmup_epochs={t.warmup_epochs} (a finite number), train.track_plasticity and "
+                      "train.precise_bn must be >= 0")
     return errors + reinit_errors(cfg.reinit)
 
 
