@@ -238,3 +238,31 @@ def test_reinit_output_or_report_path_that_is_a_directory_fails_before_writing(c
         code, _, err = cli("reinit", *REINIT_SMALL, "--out", out, *extra)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "is a directory" in err, err
         assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [blocked]
+
+
+def test_exported_head_is_kept_when_the_file_is_loaded_for_data_with_its_class_count(cli, tmp_path):
+    """load_model keeps a loaded head that has the data's class count, but load_model_and_data built every
+    model with a provisional 2-class head first: a file's head of any other class count (synthetic has 3)
+    was replaced by a random one, so `replast diagnose --weights FILE` measured a model that FILE is not."""
+    out = tmp_path / "model.safetensors"
+    code, _, err = cli("reinit", *REINIT_SMALL, "--out", out)
+    assert code == 0, err
+    with safe_open(str(out), "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    model, splits = load_model_and_data("mobilenetv2_050", "synthetic", weights=str(out), image_size=32)
+    assert splits.num_classes == 3
+    state = model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_diagnose_again_into_the_same_out_leaves_no_file_of_the_earlier_run(cli, tmp_path):
+    """A diagnosis without --compare kept the earlier run's reference_diagnosis.json (and a CNN kept a ViT's
+    attention plot) beside its own files, as if they described it."""
+    out = tmp_path / "diagnosis"
+    assert cli("diagnose", *SMALL, "--batches", "1", "--compare", "true", "--out", out)[0] == 0
+    stale = out / "diagnosis_attn_entropy.png"  # as a ViT's diagnosis writes it
+    stale.write_bytes(PNG)
+    code, stdout, err = cli("diagnose", *SMALL, "--batches", "1", "--out", out)
+    assert code == 0, err
+    assert not (out / "reference_diagnosis.json").exists() and not stale.exists()
+    assert f"{len(list(out.glob('diagnosis_*.png')))} plots" in flat(stdout)

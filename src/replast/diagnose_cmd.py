@@ -36,12 +36,21 @@ def run_diagnose(*, model: str, data: str, out: str, weights: str, batches: int,
     write_text(out_dir / "diagnosis.json", report.to_json())
     report.to_csv(out_dir / "diagnosis.csv")
     plots = plot_diagnosis(report, out_dir, reference=reference)
+    _remove_stale(out_dir, keep={*plots, *([out_dir / "reference_diagnosis.json"] if compare else [])})
     console.print(_top_table(report, reference))
     for note in report.notes:
         console.print(f"note: {note}")
     console.print(f"features: {report.features}")
     console.print(f"wrote {out_dir / 'diagnosis.json'}, diagnosis.csv and {len(plots)} plots")
     return 0
+
+
+def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
+    """Drop what an earlier diagnosis left in OUT and this one did not rewrite (the photos' diagnosis of a
+    --compare run, plots of metrics this model lacks), so every file in OUT describes this run."""
+    for path in [out_dir / "reference_diagnosis.json", *out_dir.glob("diagnosis_*.png")]:
+        if path not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _top_table(report, reference, rows: int = 15) -> Table:
