@@ -94,3 +94,27 @@ def test_pipeline_counts_the_scope_diagnosis_in_the_reinit_overhead(cli, tiny_ru
     assert scope["time_s"] > 0 and report["scope_time_s"] == pytest.approx(scope["time_s"])
     assert report["total_time_s"] >= report["scope_time_s"] + report["utility_time_s"] + report["select_time_s"]
     assert final["reinit_time_s"] == pytest.approx(report["total_time_s"])
+
+
+def _scope_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        # each rank diagnoses its own downstream batches (as DDP's utility batches are): excesses differ
+        scope = choose_layers(_model(), _data(1 + 10 * rank, True), _data(2, False), max_fraction=1.0)
+        torch.save(scope.fractions, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_choose_the_same_scope_under_torch_distributed(tmp_path):
+    """Different fractions per rank make different masks: the DDP run stopped with 'masks differ across ranks'."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_scope_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert r0 and r0 == r1

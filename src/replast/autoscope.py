@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
 from torch import nn
 
 from replast.diagnosis import DiagnosisReport, diagnose
 from replast.errors import ConfigError
 from replast.probe import UNIT_LAYERS, find_head
+from replast.reinit import distributed
 
 MARGIN = 0.1
 """Score excess (downstream - reference) a layer needs before it is touched; the score is a mean of three
@@ -57,6 +59,9 @@ def choose_layers(
 ) -> AutoScope:
     """Diagnose both data sets (pseudo-labels = the model's argmax on both, so only the inputs differ)
     and return the Conv/Linear layers markedly more saturated downstream, with fraction = min(excess, cap).
+
+    Under torch.distributed every rank gets rank 0's choice: ranks diagnose different batches, and
+    different fractions would give different masks (the run stops with "masks differ across ranks").
     """
     if not (0 <= margin < 1) or not (0 < max_fraction <= 1):
         raise ConfigError(
@@ -70,7 +75,16 @@ def choose_layers(
     chosen = table[excess > margin]
     fractions = {r.layer: round(min(max_fraction, r.excess), 4) for r in chosen.itertuples()}
     table["fraction"] = table["layer"].map(fractions).fillna(0.0)
-    return AutoScope(fractions, _reason(table, fractions, margin), table)
+    return _from_rank0(AutoScope(fractions, _reason(table, fractions, margin), table))
+
+
+def _from_rank0(scope: AutoScope) -> AutoScope:
+    """Rank 0's scope on every rank (the scope itself when no process group is running)."""
+    if not distributed.active():
+        return scope
+    box = [scope]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def compare(down: DiagnosisReport, ref: DiagnosisReport, model: nn.Module, head: str | None) -> pd.DataFrame:
