@@ -76,3 +76,20 @@ def test_posthoc_re_evaluation_reproduces_the_reported_test_accuracy(cli, tiny_r
     assert asked_last["test_acc_as_saved"] == row["test_acc_as_saved"]
     batches = bn_posthoc.augmented_batches(_trained(tmp_path / "run")[1], 16, 7, seed=0, augment=True)
     assert len(batches) == 7 and all(len(y) == 16 for _, y in batches)  # more than one epoch's worth
+
+
+def test_a_one_image_last_batch_is_left_out_instead_of_crashing(cli, tiny_run_args, tmp_path):
+    """33 training images in batches of 16: the third batch holds one image, whose 1x1 feature maps
+    (32 px through MobileNetV2) BatchNorm cannot normalize in training mode (ValueError, a traceback)."""
+    code, _, err = cli("finetune", *tiny_run_args, "--max_samples", 45, "--train.precise_bn", 3,
+                       "--reinit.strategy", "targeted", "--reinit.utility", "magnitude", "--reinit.batches", 3)
+    assert code == 0, err
+    model, data = load_model_and_data("mobilenetv2_050", "synthetic", weights="none", image_size=32, seed=0,
+                                      max_samples=45)
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"])
+    batches = first_batches(data, "train", 16, 3, seed=0)
+    assert [len(y) for _, y in batches] == [16, 16, 1]
+    expected = copy.deepcopy(model)
+    assert recompute(expected, batches, trained_channels(expected)) == 2
+    for name, bn in batch_norms(model).items():
+        torch.testing.assert_close(bn.running_var, batch_norms(expected)[name].running_var, rtol=1e-4, atol=1e-5)

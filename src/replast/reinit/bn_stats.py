@@ -73,7 +73,9 @@ def changed_channels(before: dict[str, Tensor], after: dict[str, Tensor]) -> dic
 def recompute(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], channels: dict[str, Tensor]) -> int:
     """Re-estimate running mean/var of `channels` ({BatchNorm name: bool [C]}) as the plain average over
     `batches` (momentum None, as torch.optim.swa_utils.update_bn does); other channels, the momentum and
-    the batch counter are kept, and an error puts every statistic back. Returns the number of batches seen."""
+    the batch counter are kept, and an error puts every statistic back. A batch of one image is left out
+    (a split's last batch can be: BatchNorm cannot normalize 1x1 maps of one image in training mode, and
+    a single image is not a batch statistic). Returns the number of batches seen."""
     bns = {n: m for n, m in batch_norms(model).items() if n in channels}
     if not bns:
         return 0
@@ -98,6 +100,8 @@ def _average(model: nn.Module, bns: dict[str, _BatchNorm], batches: Iterable[tup
             bn.momentum = None
             bn.train()  # batch statistics, accumulated; every other module stays in eval mode
         for x, _ in batches:
+            if x.shape[0] < 2:
+                continue
             forward_checked(model, x)
             seen += 1
     return seen
