@@ -241,6 +241,27 @@ def test_two_process_ddp_skips_a_step_together_when_one_rank_has_a_nonfinite_los
     assert metrics(tmp_path / "ddp")["world_size"] == 2
 
 
+def test_deterministic_runs_fix_cublas_and_turn_off_autotuning(monkeypatch):
+    """On a GPU, --deterministic true needs cuBLAS's fixed workspace, and MobileNetV2's adaptive pooling
+    backward has no deterministic CUDA kernel: it warns there instead of raising. On CPU it stays strict."""
+    from replast.train import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        set_determinism(True, on_cuda=True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        set_determinism(True, on_cuda=False)
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        set_determinism(False, on_cuda=True)  # a later run in the same process is not left deterministic
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = benchmark
+
+
 class _OneProcessFabric:
     """Enough of Fabric for `evaluate` to run one rank's slice in this process."""
 

@@ -8,6 +8,7 @@ written atomically by rank 0. SIGTERM/SIGINT save the exact data position and st
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -52,16 +53,24 @@ def setup_fabric(cfg: FinetuneConfig) -> Fabric:
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--accelerator mps: Apple's MPS backend is not available on this machine; "
                           "use --accelerator auto or cpu")
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-    else:
-        torch.backends.cudnn.benchmark = True
+    set_determinism(cfg.deterministic, on_cuda=accelerator in ("cuda", "gpu")
+                    or (accelerator == "auto" and torch.cuda.is_available()))
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     # TensorBoard event files land in OUT/tensorboard/ (written by rank 0 at the end of each epoch).
     logger = TensorBoardLogger(root_dir=cfg.out, name="tensorboard", version="")
     return Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
                   precision=resolve_precision(cfg.train.precision, accelerator), loggers=[logger])
+
+
+def set_determinism(deterministic: bool, *, on_cuda: bool) -> None:
+    """torch's deterministic algorithms, or cuDNN autotuning. On CUDA, cuBLAS is reproducible only with a
+    fixed workspace (read when CUDA starts), and a few kernels have no deterministic version (adaptive
+    average pooling's backward, in MobileNetV2 and EfficientNet): there they warn instead of stopping the run."""
+    if deterministic and on_cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=on_cuda)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def make_metrics(num_classes: int) -> MetricCollection:
