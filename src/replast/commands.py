@@ -142,10 +142,22 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
     if not isinstance(reinit, ReinitConfig):  # jsonargparse hands nested dataclasses over as dicts
         _refuse(unknown_keys(ReinitConfig, reinit, "reinit."))  # `reinit: 3` in a --config file passes it
         reinit = ReinitConfig(**reinit)
-    _refuse(seed_errors(seed) + reinit_errors(reinit))
+    _refuse(seed_errors(seed) + reinit_errors(reinit) + training_time_errors(reinit))
     return export_reinitialized(model=model, data=data, out=out, weights=weights, batch_size=batch_size,
                                 image_size=image_size, max_samples=max_samples, seed=seed, overwrite=overwrite,
                                 reinit=reinit, console=console)
+
+
+def training_time_errors(reinit: ReinitConfig) -> list[str]:
+    """lr_scale, lr_warmup_steps and schedule act while training, which an exported file cannot carry."""
+    default = ReinitConfig()
+    changed = [f"reinit.{key}={getattr(reinit, key)!r}" for key in ("lr_scale", "lr_warmup_steps", "schedule")
+               if getattr(reinit, key) != getattr(default, key)]
+    if not changed:
+        return []
+    return [f"{', '.join(changed)}: act during training, which `replast reinit` does not do (the file would only "
+            "mention them); leave them out here and pass them to `replast finetune` or the Lightning callback "
+            "(replast.integrations.RestorePlasticity)"]
 
 
 def _refuse(errors: list[str]) -> None:
