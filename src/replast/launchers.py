@@ -229,6 +229,22 @@ def run_local(jobs: Sequence[Job], n: int, on_done: OnDone, *, pin_gpus: bool = 
             finish(job.run_dir, proc.returncode)
 
 
+SLURM_MINIMUMS = {"time_min": 1, "gpus_per_node": 0, "cpus_per_task": 1}
+"""Least value of each SLURM option (0 GPUs: a CPU cluster); a missing or None option takes the default."""
+
+
+def slurm_option_errors(options: Mapping[str, Any]) -> list[str]:
+    """Messages for SLURM options below their minimum or not whole numbers (0 used to become the default)."""
+    errors = []
+    for key, least in SLURM_MINIMUMS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            errors.append(f"{key}={value!r}: must be a whole number >= {least}")
+    return errors
+
+
 def slurm_executor(folder: str | os.PathLike, options: Mapping[str, Any], *, parallel: int = 0) -> Any:
     """The submitit executor of a job array; `options`: cluster (slurm|local|debug), partition, time_min,
     gpus_per_node, cpus_per_task, name. Writes nothing; one ReplastError line when it cannot submit here."""
@@ -238,6 +254,9 @@ def slurm_executor(folder: str | os.PathLike, options: Mapping[str, Any], *, par
         raise ReplastError("the slurm launcher needs submitit, which is not installed: pip install submitit, "
                            "or pass --launcher local") from e
 
+    errors = slurm_option_errors(options)
+    if errors:
+        raise ConfigError("; ".join(errors))
     params: dict[str, Any] = {"timeout_min": int(options.get("time_min") or 60),
                               "gpus_per_node": int(options.get("gpus_per_node") or 0),
                               "cpus_per_task": int(options.get("cpus_per_task") or 1),
