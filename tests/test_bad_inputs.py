@@ -460,6 +460,15 @@ CLI_ROWS = [
     cli_row("reinit --config whose reinit section is not a mapping",
             lambda ws: [*reinit_cli("--config", ws.file("r.yaml", b"reinit: 3\n")), "--out",
                         ws.out / "r.safetensors"], "reinit must be a mapping"),
+    *[cli_row(f"reinit --reinit.{key} (a training-time option)",
+              lambda ws, key=key, value=value: reinit_cli(f"--reinit.{key}", value, "--out", ws.out / "r.safetensors"),
+              f"reinit.{key}", "replast finetune", "callback")
+      for key, value in (("lr_scale", "3"), ("lr_warmup_steps", "10"), ("schedule", "every:5"))],
+    *[cli_row(f"sweep --launcher slurm --{key} {value}",
+              lambda ws, key=key, value=value: [*sweep_cli(TINY_STUDY)(ws), "--launcher", "slurm", "--cluster",
+                                                "debug", f"--{key}", value], f"{key}={value}")
+      for key, value in (("time_min", "0"), ("time_min", "-5"), ("cpus_per_task", "0"), ("cpus_per_task", "-1"),
+                         ("gpus_per_node", "-1"))],
     cli_row("sweep --jobs 0", lambda ws: [*sweep_cli(TINY_STUDY)(ws), "--jobs", "0"], "jobs=0"),
     cli_row("sweep --out a regular file",
             lambda ws: ["sweep", "--config", study(ws, TINY_STUDY), "--out", ws.out / "keep.txt"], "keep.txt",
@@ -573,6 +582,10 @@ API_ROWS = [
             "'reinit.schme'", "'reinit.scheme'"),
     api_row("FinetuneConfig.from_dict: section that is not a mapping",
             lambda ws: partial(FinetuneConfig.from_dict, {"train": 3}), ConfigError, "train must be a mapping"),
+    *[api_row(f"FinetuneConfig.from_dict: section {key}: {value!r} (falsy, not a mapping)",
+              lambda ws, key=key, value=value: partial(FinetuneConfig.from_dict, {key: value}), ConfigError,
+              f"{key} must be a mapping")
+      for key, value in (("reinit", 0), ("train", False), ("train", []), ("reinit", ""))],
     api_row("diagnose: no batches", diagnose_call(list), ConfigError, "no batches"),
     api_row("diagnose: uint8 images", diagnose_call(lambda: batches_with(lambda x, y: (x.to(torch.uint8), y))),
             ConfigError, "uint8"),

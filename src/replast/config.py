@@ -188,7 +188,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
             continue
         value = data[f.name]
         if (sub := _nested(f)) is not None:
-            value = value if dataclasses.is_dataclass(value) else _build(sub, value or {})
+            value = value if dataclasses.is_dataclass(value) else _build(sub, {} if value is None else value)
         elif isinstance(value, tuple):
             value = list(value)
         elif type(value) is int and hints[f.name] in (float, float | None):  # 1 and 1.0: one config, one hash
@@ -211,7 +211,7 @@ def unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
             continue
         sub = _nested(fields[key])
         if sub is not None and not dataclasses.is_dataclass(value):
-            errors += unknown_keys(sub, value or {}, f"{prefix}{key}.")
+            errors += unknown_keys(sub, {} if value is None else value, f"{prefix}{key}.")  # `train:` alone
     return errors
 
 
