@@ -255,6 +255,30 @@ def test_exported_head_is_kept_when_the_file_is_loaded_for_data_with_its_class_c
     assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
 
 
+@pytest.mark.parametrize("change", ["reversed", "renamed"])
+def test_weight_file_whose_classes_differ_from_the_data_s_is_one_line_exit_2(cli, tmp_path, change):
+    """A file's head is kept when it has the data's class count; a file written by `replast reinit` names its
+    classes, and data with the same count but other names (or another order) had its labels silently paired
+    with the wrong outputs."""
+    from safetensors.torch import save_file
+
+    from replast.errors import ConfigError
+    from replast.models import load_model
+
+    classes = load_model_and_data("mobilenetv2_050", "synthetic", weights="none", image_size=32)[1].classes
+    saved = classes[::-1] if change == "reversed" else [f"other{i}" for i in range(len(classes))]
+    model, _ = load_model("mobilenetv2_050", num_classes=len(classes), weights="none")
+    out = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
+              metadata={"model": "mobilenetv2_050", "classes": json.dumps(saved)})
+    with pytest.raises(ConfigError, match="other names or order"):
+        load_model_and_data("mobilenetv2_050", "synthetic", weights=str(out), image_size=32)
+    code, _, err = cli("diagnose", *SMALL[:2], "--weights", out, *SMALL[4:], "--batches", "1",
+                       "--out", tmp_path / "d")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(saved) in err, err
+    assert not (tmp_path / "d").exists()
+
+
 def test_diagnose_again_into_the_same_out_leaves_no_file_of_the_earlier_run(cli, tmp_path):
     """A diagnosis without --compare kept the earlier run's reference_diagnosis.json (and a CNN kept a ViT's
     attention plot) beside its own files, as if they described it."""

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from replast.data import DatasetSplits, load_dataset
+from replast.errors import ConfigError
 from replast.models import build_model, head_classes, replace_head
+from replast.models.weights import saved_classes
 
 PROVISIONAL_CLASSES = 2
 
@@ -23,12 +25,24 @@ def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", d
     built = build_model(model, weights, drop_path=drop_path)
     splits = load_dataset(data, built.preprocessing, device=device, **data_options)
     net, loaded = built.model, head_classes(built.model) if built.head_loaded else None
-    if loaded != splits.num_classes:
+    if loaded == splits.num_classes:
+        _check_saved_classes(weights, data, splits.classes)
+    else:
         if loaded != PROVISIONAL_CLASSES:
             replace_head(net, PROVISIONAL_CLASSES)
         if splits.num_classes != PROVISIONAL_CLASSES:
             replace_head(net, splits.num_classes)
     return net.to(device), splits
+
+
+def _check_saved_classes(weights: str, data: str, classes: list[str]) -> None:
+    """A kept head's outputs belong to the classes its file names (`replast reinit` writes them): refuse data
+    whose classes differ in name or order rather than pair outputs with the wrong classes."""
+    saved = saved_classes(weights)
+    if saved is not None and saved != list(classes):
+        raise ConfigError(f"weights {weights}: its head was trained for classes {saved}, but {data} has classes "
+                          f"{list(classes)} (same count, other names or order); use data with the file's classes "
+                          "in that order, or re-export the model with `replast reinit` on this data")
 
 
 def first_batches(splits: DatasetSplits, split: str, batch_size: int, count: int, *, seed: int = 0,

@@ -7,6 +7,7 @@ what is wrong; a file without the classifier head loads the backbone and leaves 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def read_state_dict(path: str | Path) -> StateDict:
         raise ModelError(f"{path} is not a readable weight file (truncated, corrupt or unsafe: {quote(e)}); "
                          "pass a .pth saved with torch.save(state_dict) or a .safetensors file") from e
     return _unwrap(raw, path)
+
+
+def saved_classes(weights: str | Path) -> list[str] | None:
+    """The class names a `.safetensors` weight file's metadata lists (`replast reinit` writes them), else None
+    (pretrained/none, other formats, files without the entry or with one that is not a list of names)."""
+    path = Path(weights).expanduser()
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            listed = json.loads((f.metadata() or {})["classes"])
+    except Exception:  # unreadable files were refused when loaded; a missing or malformed entry names nothing
+        return None
+    return [str(c) for c in listed] if isinstance(listed, list) else None
 
 
 def _read(path: Path) -> object:
