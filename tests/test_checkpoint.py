@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from replast.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from replast.checkpoint import atomic_write, atomic_write_all, load_checkpoint, save_checkpoint
 from replast.errors import CheckpointError, OutputError
 
 
@@ -31,6 +31,23 @@ def test_failed_write_keeps_previous_file(tmp_path):
         atomic_write(path, disk_full)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_files_written_together_replace_none_when_one_write_fails(tmp_path):
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "b.bin").write_text("old b")
+
+    def disk_full(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match="No space left"):
+        atomic_write_all({tmp_path / "a.json": lambda f: f.write(b"new a"), tmp_path / "b.bin": disk_full})
+    assert (tmp_path / "a.json").read_text() == "old a" and (tmp_path / "b.bin").read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin"]
+    atomic_write_all({tmp_path / "a.json": lambda f: f.write(b"new a"), tmp_path / "b.bin": lambda f: f.write(b"b")})
+    assert (tmp_path / "a.json").read_text() == "new a" and (tmp_path / "b.bin").read_text() == "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin"]
 
 
 def test_atomic_write_gives_the_mode_open_would(tmp_path):

@@ -255,6 +255,33 @@ def test_exported_head_is_kept_when_the_file_is_loaded_for_data_with_its_class_c
     assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_reinit_that_fails_writing_its_report_leaves_no_model_without_it(cli, tmp_path, monkeypatch, existing):
+    """OUT was written (renamed into place) before OUT.json: a failure writing the report left a new model
+    with no report, or with --overwrite, a new model beside the previous run's report."""
+    import errno
+    import os
+
+    out = tmp_path / "model.safetensors"
+    if existing:
+        out.write_bytes(b"old model")
+        out.with_suffix(".json").write_text('{"old": true}')
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(".json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = cli("reinit", *REINIT_SMALL, "--out", out, *(["--overwrite"] if existing else []))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "cache")
+    assert left == (["model.json", "model.safetensors"] if existing else []), left
+    if existing:
+        assert out.read_bytes() == b"old model" and out.with_suffix(".json").read_text() == '{"old": true}'
+
+
 @pytest.mark.parametrize("change", ["reversed", "renamed"])
 def test_weight_file_whose_classes_differ_from_the_data_s_is_one_line_exit_2(cli, tmp_path, change):
     """A file's head is kept when it has the data's class count; a file written by `replast reinit` names its

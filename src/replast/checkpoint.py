@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +23,34 @@ from replast.errors import CheckpointError, OutputError, quote
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write through `write(fileobj)` into a temporary sibling, fsync, then rename over `path`."""
-    path = Path(path)
+    return atomic_write_all({path: write})[0]
+
+
+def atomic_write_all(files: Mapping[str | os.PathLike, Callable[[IO[bytes]], None]]) -> list[Path]:
+    """Write every file into a temporary sibling first (fsynced), then rename them over their paths in order.
+
+    A failed write replaces none of them, so files that belong together (a model and its report) never mix
+    with an earlier pair; only a failing rename, which writes no data, can leave the earlier files partly
+    replaced (the last path last: put the file that vouches for the others there)."""
+    staged: list[tuple[Path, str]] = []
+    try:
+        for path, write in files.items():
+            staged.append((Path(path), _stage(Path(path), write)))
+        for path, tmp in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise OutputError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from e
+    finally:
+        for _, tmp in staged:
+            Path(tmp).unlink(missing_ok=True)
+    for directory in dict.fromkeys(path.parent for path, _ in staged):
+        _fsync_dir(directory)
+    return [path for path, _ in staged]
+
+
+def _stage(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """The name of a fsynced temporary sibling of `path` holding what `write` wrote."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,15 +63,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    return path
+    return tmp
 
 
 def _file_mode(path: Path) -> int:

@@ -1,7 +1,7 @@
 """`replast reinit`: re-initialize a model on the user's data and save it for any training script.
 
 Writes OUT (.safetensors: the state dict, with model name, classes and options in its metadata) and
-OUT.json (the ReinitReport), both atomically; an existing OUT is kept unless --overwrite.
+OUT.json (the ReinitReport), both atomically and together (neither replaced unless both were written); an existing OUT is kept unless --overwrite.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from replast.checkpoint import atomic_write, write_text
+from replast.checkpoint import atomic_write_all
 from replast.config import ReinitConfig
 from replast.errors import ConfigError, OutputError
 from replast.loading import first_batches, load_model_and_data
@@ -51,8 +51,10 @@ def export_reinitialized(*, model: str, data: str, out: str, weights: str, batch
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     metadata = {"model": model, "classes": json.dumps(splits.classes), "reinit": json.dumps(asdict(reinit)),
                 "seed": str(seed), "format": "replast-state-dict"}
-    atomic_write(path, lambda f: f.write(save(state, metadata=metadata)))
-    write_text(report_path, report.to_json())
+    payload, report_text = save(state, metadata=metadata), report.to_json().encode()
+    # Both written before either replaces a file, the model renamed last: a failure leaves the earlier pair
+    # (or nothing), never a model beside a report that does not describe it.
+    atomic_write_all({report_path: lambda f: f.write(report_text), path: lambda f: f.write(payload)})
     console.print(f"re-initialized {report.n_reset} of {report.numel} eligible weights "
                   f"({report.n_reset / max(report.numel, 1):.2%}) in {report.total_time_s:.2f} s; wrote {path}")
     return 0
