@@ -182,8 +182,8 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
         force: Use an OUT directory that holds another study, or merged results (results.csv without runs/).
         collect: Only rebuild results.csv and curves.csv from the run directories.
         partition: SLURM partition.
-        time_min: SLURM time limit per run, in minutes.
-        gpus_per_node: SLURM GPUs per run.
+        time_min: SLURM time limit per run, in minutes (at least 1).
+        gpus_per_node: SLURM GPUs per run (0 on a CPU cluster).
         cpus_per_task: SLURM CPUs per run.
         cluster: submitit executor of the slurm launcher: slurm, or local/debug to try a study here.
         only: Run one part of the study: "KEY=VALUE[,VALUE…] …", e.g. "data=br35h train_fraction=0.05".
