@@ -297,13 +297,27 @@ def test_weight_file_whose_classes_differ_from_the_data_s_is_one_line_exit_2(cli
     model, _ = load_model("mobilenetv2_050", num_classes=len(classes), weights="none")
     out = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
-              metadata={"model": "mobilenetv2_050", "classes": json.dumps(saved)})
+              metadata={"model": "mobilenetv2_050", "classes": json.dumps(saved), "format": "replast-state-dict"})
     with pytest.raises(ConfigError, match="other names or order"):
         load_model_and_data("mobilenetv2_050", "synthetic", weights=str(out), image_size=32)
     code, _, err = cli("diagnose", *SMALL[:2], "--weights", out, *SMALL[4:], "--batches", "1",
                        "--out", tmp_path / "d")
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(saved) in err, err
     assert not (tmp_path / "d").exists()
+
+
+def test_another_tool_s_classes_metadata_does_not_stop_a_kept_head(tmp_path):
+    """Only replast reinit's files (format replast-state-dict) are held to their classes list."""
+    from safetensors.torch import save_file
+
+    from replast.models import load_model
+
+    model, _ = load_model("mobilenetv2_050", num_classes=3, weights="none")
+    out = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
+              metadata={"classes": json.dumps(["x", "y", "z"])})
+    loaded, _ = load_model_and_data("mobilenetv2_050", "synthetic", weights=str(out), image_size=32)
+    assert torch.equal(loaded.state_dict()["classifier.weight"], model.state_dict()["classifier.weight"])
 
 
 def test_diagnose_again_into_the_same_out_leaves_no_file_of_the_earlier_run(cli, tmp_path):

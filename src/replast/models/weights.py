@@ -49,7 +49,7 @@ def read_state_dict(path: str | Path) -> StateDict:
 
 
 def saved_classes(weights: str | Path) -> list[str] | None:
-    """The class names a `.safetensors` weight file's metadata lists (`replast reinit` writes them), else None
+    """The class names a `replast reinit` file (format replast-state-dict) lists in its metadata, else None
     (pretrained/none, other formats, files without the entry or with one that is not a list of names)."""
     path = Path(weights).expanduser()
     if path.suffix != ".safetensors":
@@ -58,7 +58,10 @@ def saved_classes(weights: str | Path) -> list[str] | None:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            listed = json.loads((f.metadata() or {})["classes"])
+            metadata = f.metadata() or {}
+        if metadata.get("format") != "replast-state-dict":  # another tool's "classes" may mean anything
+            return None
+        listed = json.loads(metadata["classes"])
     except Exception:  # unreadable files were refused when loaded; a missing or malformed entry names nothing
         return None
     return [str(c) for c in listed] if isinstance(listed, list) else None
