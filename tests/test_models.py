@@ -197,6 +197,28 @@ def test_torchvision_vit_is_a_vit():
     assert model_family(tiny) == "vit" and classifier_name(tiny) == "heads.head"
 
 
+@pytest.mark.parametrize(("name", "family"), [
+    ("twins_svt_small", "vit"), ("coat_tiny", "vit"), ("tnt_s_patch16_224", "vit"), ("levit_128s", "vit"),
+    ("maxvit_tiny_tf_224", "vit"), ("efficientformer_l1", "vit"), ("efficientformerv2_s0", "vit"),
+    ("resnest14d", "cnn"), ("skresnet18", "cnn"), ("eca_resnet33ts", "cnn"), ("resnet50_clip.openai", "cnn"),
+    ("tf_efficientnet_lite0", "cnn"), ("mobilenetv3_small_050", "cnn"),
+])
+def test_timm_transformers_without_patch_embed_are_vits(name, family):
+    """Twins, CoaT, TNT, LeViT, MaxViT and EfficientFormer have no `patch_embed` module: they were called
+    "cnn", got SGD and lost layer decay. Self-attention makes them ViTs; CNN channel attention does not."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    assert model_family(model) == family
+
+
+def test_torchvision_maxvit_is_a_vit():
+    with torch.device("meta"):
+        model = torchvision.models.maxvit_t(weights=None)
+    assert model_family(model) == "vit"
+
+
 # --- any timm / torchvision architecture ------------------------------------------------------------------
 
 def test_timm_name_first_then_torchvision():

@@ -96,14 +96,31 @@ def _init_head(head: nn.Module) -> None:
 
 
 def model_family(model: nn.Module) -> Literal["cnn", "vit"]:
-    """"vit" for transformers over patches (timm `patch_embed`, torchvision ViT/Swin), else "cnn"."""
+    """"vit" for transformers: over patches (timm `patch_embed`, torchvision ViT/Swin) or any model with
+    multi-head self-attention (Twins, CoaT, LeViT, MaxViT, EfficientFormer, ... and hybrids), else "cnn".
+
+    Self-attention is a module whose class name says Attention, or one holding query and key projections
+    (`qkv`, or `q` with `k`/`kv`); CNN channel attention (SE, SplitAttn, CBAM) has neither, and attention
+    pooling heads (CLIP ResNets' AttentionPool2d) do not make a CNN a transformer.
+    """
     vit_classes = (torchvision.models.VisionTransformer, torchvision.models.SwinTransformer)
     if isinstance(model, vit_classes):
         return "vit"
     for name, module in model.named_modules():
         if name.rpartition(".")[2] == "patch_embed" or type(module).__name__ == "VisionTransformer":
             return "vit"
+        if _is_self_attention(module):
+            return "vit"
     return "cnn"
+
+
+def _is_self_attention(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    if "pool" in cls.lower():
+        return False
+    if "attention" in cls.lower():
+        return True
+    return hasattr(module, "qkv") or (hasattr(module, "q") and (hasattr(module, "k") or hasattr(module, "kv")))
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
