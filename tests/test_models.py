@@ -390,6 +390,19 @@ def test_distilled_timm_model_gets_every_head_resized():
     assert out.shape == (1, 2)
 
 
+def test_timm_backbone_with_an_identity_head_gets_a_linear_head(tmp_path):
+    """timm backbones built with num_classes=0 (DINOv2 with register tokens) have head = nn.Identity: load_model
+    failed with "head 'head' of VisionTransformer is a Identity"; a file holding the fine-tuned head did not load."""
+    model, _ = load_model("vit_small_patch14_reg4_dinov2", num_classes=3, weights="none")
+    head = model.get_submodule(classifier_name(model))
+    assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (model.num_features, 3)
+    assert head_classes(model) == 3 and model.num_classes == 3
+    assert torch.equal(head.bias, torch.zeros(3))
+    save_file(model.state_dict(), tmp_path / "finetuned.safetensors")
+    again, _ = load_model("vit_small_patch14_reg4_dinov2", num_classes=3, weights=str(tmp_path / "finetuned.safetensors"))
+    assert torch.equal(again.head.weight, model.head.weight)
+
+
 def test_squeezenet_1x1_conv_head_is_found_and_resized():
     """heads.py swaps 1x1 Conv2d heads, but classifier_name only ever finds nn.Linear: torchvision's
     squeezenet (head = classifier.1, a 1x1 conv) fails with 'has no nn.Linear classifier head'."""

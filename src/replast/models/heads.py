@@ -69,6 +69,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 def _swap_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     old = model.get_submodule(name)
+    if isinstance(old, nn.Identity) and hasattr(model, "reset_classifier"):
+        return _new_timm_head(model, name, num_classes)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     elif isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1):
@@ -83,6 +85,21 @@ def _swap_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
     if isinstance(getattr(model, "num_classes", None), int):
         model.num_classes = num_classes  # timm models report their class count here
+    return new
+
+
+def _new_timm_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
+    # A timm backbone built with num_classes=0 (DINOv2 with registers, EVA-02, SAM) has an Identity head:
+    # timm's own reset_classifier knows the width of the features that reach it.
+    param = next(model.parameters(), None)
+    model.reset_classifier(num_classes)
+    new = model.get_submodule(name)
+    if not isinstance(new, nn.Linear):
+        raise ModelError(f"head {name!r} of {type(model).__name__} is a {type(new).__name__} after timm's "
+                         "reset_classifier, not a Linear; cannot swap it")
+    _init_head(new)
+    if param is not None:
+        new.to(device=param.device, dtype=param.dtype)
     return new
 
 

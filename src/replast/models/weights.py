@@ -149,7 +149,12 @@ def _fit_head(model: nn.Module, state: StateDict, head: str) -> None:
     # A fine-tuned checkpoint carries its own number of classes: resize the head to load it.
     weight = state.get(head + ".weight")
     current = model.get_submodule(head)
-    if weight is None or not hasattr(current, "weight") or weight.dim() < 2:
+    if weight is None or weight.dim() < 2:
+        return
+    if isinstance(current, nn.Identity):  # a timm backbone without a head (num_classes=0): give it one
+        replace_head(model, int(weight.shape[0]))
+        return
+    if not hasattr(current, "weight"):
         return
     if weight.shape[0] != current.weight.shape[0] and weight.shape[1:] == current.weight.shape[1:]:
         replace_head(model, int(weight.shape[0]))
