@@ -280,6 +280,20 @@ def test_head_alias_for_timm_and_torchvision_models() -> None:
     assert head_name(wrapped) == "net.9"
 
 
+def test_head_alias_excludes_both_heads_of_a_distilled_vit() -> None:
+    """DeiT/LeViT distilled models average `head` and `head_dist`; exclude 'head' left `head_dist` eligible, so
+    its freshly drawn weights were re-initialized (and scored) like a backbone layer."""
+    import timm
+
+    from replast.reinit.layers import eligible_layers, head_names, resolve_patterns
+
+    with torch.device("meta"):
+        model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+    assert head_names(model) == ["head", "head_dist"]
+    layers = eligible_layers(model, resolve_patterns(model, ["head"], "exclude"), [], "all")
+    assert not {"head", "head_dist"} & set(layers) and "blocks.11.mlp.fc2" in layers
+
+
 @pytest.mark.parametrize(("kwargs", "error"), [
     ({"fraction": 1.5}, ConfigError), ({"fraction": -0.1}, ConfigError), ({"threshold": -1.0}, ConfigError),
     ({"selection": "top-layers", "layers": 4}, ConfigError), ({"utility": "taylr"}, UnknownNameError),

@@ -140,6 +140,20 @@ def test_linear_probe_changes_only_the_head(tmp_path):
     assert changed and all(k.startswith("head.fc") for k in changed), changed
 
 
+def test_linear_probe_trains_both_heads_of_a_distilled_vit():
+    """A distilled DeiT averages `head` and `head_dist`: the probe froze the freshly drawn `head_dist`, so a
+    fixed random half of every prediction was never trained."""
+    import timm
+
+    from replast.pipeline import _freeze_backbone
+
+    with torch.device("meta"):
+        model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3)
+    _freeze_backbone(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+
+
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
     common = [*BASE, "--epochs", "2", "--train.augment", "false", "--reinit.strategy", "targeted",
               "--reinit.utility", "magnitude", "--reinit.batches", "2"]

@@ -25,7 +25,7 @@ from replast.config import FinetuneConfig
 from replast.diagnosis import diagnose
 from replast.errors import ConfigError
 from replast.loading import first_batches, load_model_and_data
-from replast.models import classifier_name, model_family
+from replast.models import classifier_names, model_family
 from replast.optim import build_optimizer, build_scheduler, resolve
 from replast.progress import epoch_progress
 from replast.reinit import restore_plasticity
@@ -122,9 +122,9 @@ def _loaders(cfg: FinetuneConfig, data, fabric: Fabric) -> dict[str, Any]:
 
 
 def _freeze_backbone(model: nn.Module) -> None:
-    head = classifier_name(model)
+    heads = classifier_names(model)  # a distilled ViT's head_dist is trained along with its head
     for name, param in model.named_parameters():
-        param.requires_grad_(name == head or name.startswith(head + "."))
+        param.requires_grad_(any(name.startswith(head + ".") for head in heads))
 
 
 def _reinitialize(cfg: FinetuneConfig, model: nn.Module, batches: list, data, fabric: Fabric):

@@ -5,7 +5,7 @@
 """
 
 from replast.models import zoo as _zoo  # noqa: F401  (registers the zoo builders)
-from replast.models.heads import classifier_name, head_classes, model_family, replace_head
+from replast.models.heads import classifier_name, classifier_names, head_classes, model_family, replace_head
 from replast.models.registry import (
     MODELS,
     Built,
@@ -17,6 +17,6 @@ from replast.models.registry import (
 )
 
 __all__ = [
-    "MODELS", "Built", "ZooModel", "build_model", "classifier_name", "head_classes", "list_models", "load_model",
-    "model_family", "register_model", "replace_head",
+    "MODELS", "Built", "ZooModel", "build_model", "classifier_name", "classifier_names", "head_classes", "list_models",
+    "load_model", "model_family", "register_model", "replace_head",
 ]

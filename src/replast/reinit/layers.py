@@ -29,16 +29,36 @@ def is_weighted(module: nn.Module) -> bool:
 def head_name(model: nn.Module) -> str | None:
     """The classification head: timm's pretrained_cfg['classifier'], torchvision MobileNetV2's
     `classifier.1`, else the last nn.Linear. Works when the classifier is wrapped (e.g. `model.`)."""
+    heads = head_names(model)
+    return heads[0] if heads else None
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Every classification head: timm's distilled ViTs (DeiT, LeViT) list two, `head` and `head_dist`,
+    whose outputs are averaged."""
     for prefix, module in model.named_modules():
         dot = f"{prefix}." if prefix else ""
         cfg = getattr(module, "pretrained_cfg", None)
-        if isinstance(cfg, Mapping) and isinstance(cfg.get("classifier"), str):
-            return dot + cfg["classifier"]
+        classifier = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+        if isinstance(classifier, str):
+            return [dot + classifier]
+        if isinstance(classifier, (tuple, list)):
+            found = [dot + c for c in classifier if isinstance(c, str) and _has_module(module, c)]
+            if found:
+                return found
         if any(c.__module__ == "torchvision.models.mobilenetv2" and c.__name__ == "MobileNetV2"
                for c in type(module).__mro__):
-            return dot + "classifier.1"
+            return [dot + "classifier.1"]
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+    return linears[-1:]
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -54,15 +74,17 @@ def resolve_patterns(model: nn.Module, patterns: Sequence[str], what: str) -> li
     names = [n for n, _ in model.named_modules() if n]
     out, unmatched = [], []
     for pattern in patterns:
-        if pattern == HEAD_ALIAS and HEAD_ALIAS not in names:
-            head = head_name(model)
-            if head is None:
+        expanded = [pattern]
+        if pattern == HEAD_ALIAS:  # 'head' names every head (a distilled ViT's head_dist too)
+            heads = head_names(model)
+            expanded = [*([pattern] if pattern in names else []), *(h for h in heads if h != pattern)]
+            if not expanded:
                 warnings.warn("exclude 'head': the model has no nn.Linear head to exclude", stacklevel=4)
                 continue
-            pattern = head
-        if not any(_matches(n, [pattern]) for n in names):
-            unmatched.append(pattern)
-        out.append(pattern)
+        for pattern in expanded:
+            if not any(_matches(n, [pattern]) for n in names):
+                unmatched.append(pattern)
+            out.append(pattern)
     if what == "include" and out and len(unmatched) == len(out):
         raise ConfigError(f"include patterns {unmatched} match no module of the model; use module names "
                           "from model.named_modules() (fnmatch patterns, e.g. 'blocks.5*')")
