@@ -229,6 +229,32 @@ def test_patch_size_error_from_the_cli_is_one_line(real_cache, cli, tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_a_timm_vit_of_fixed_input_size_takes_another_image_size():
+    """timm ViTs outside the zoo are built for one size (224 px, strict patch embedding): --image_size 32 passed
+    every check and crashed at the first forward with timm's AssertionError "Input height (32) doesn't match"."""
+    from replast.loading import load_model_and_data
+
+    model, splits = load_model_and_data("deit_tiny_patch16_224", "synthetic", weights="none", image_size=32,
+                                        max_samples=30)
+    x, _ = next(iter(splits.loader("train", 2, train=False)))
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, splits.num_classes)
+
+
+def test_a_model_that_cannot_take_the_image_size_says_which_it_takes():
+    from replast.models.generic import fit_input_size
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = nn.Module()
+            self.patch_embed.img_size, self.patch_embed.strict_img_size = (224, 224), True
+
+    with pytest.raises(ConfigError, match=r"takes 224x224 px images.*pass --image_size 224"):
+        fit_input_size(Fixed(), 32)
+    fit_input_size(Fixed(), 224)
+
+
 def test_targeted_unit_reset_touches_only_eligible_layers_and_stays_finite(real_cache):
     model = _real_vit()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -11,6 +11,7 @@ from torch import nn
 from replast.data import DatasetSplits, load_dataset
 from replast.errors import ConfigError
 from replast.models import build_model, head_classes, replace_head
+from replast.models.generic import fit_input_size
 from replast.models.weights import saved_classes
 
 PROVISIONAL_CLASSES = 2
@@ -24,6 +25,7 @@ def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", d
     # a provisional one first, so that a seed gives the head it gave every earlier run.
     built = build_model(model, weights, drop_path=drop_path)
     splits = load_dataset(data, built.preprocessing, device=device, **data_options)
+    fit_input_size(built.model, data_options.get("image_size") or built.preprocessing.input_size)
     net, loaded = built.model, head_classes(built.model) if built.head_loaded else None
     if loaded == splits.num_classes:
         _check_saved_classes(weights, data, splits.classes)

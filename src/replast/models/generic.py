@@ -82,6 +82,27 @@ def timm_preprocessing(model: nn.Module, input_size: int | None = None) -> Prepr
     )
 
 
+def fit_input_size(model: nn.Module, size: int) -> None:
+    """Let a timm transformer built for one input size take `size` px images (position embeddings resampled
+    by timm's `set_input_size`); ConfigError when the model cannot. Models that take any size are left alone."""
+    patch_embed = getattr(model, "patch_embed", None)
+    native = getattr(patch_embed, "img_size", None)
+    if getattr(model, "dynamic_img_size", False) or native is None or tuple(native) == (size, size):
+        return
+    if hasattr(model, "set_input_size"):
+        try:
+            model.set_input_size(img_size=(size, size))
+            return
+        except (AssertionError, ValueError, RuntimeError, TypeError) as e:
+            reason = f" ({e})"
+    elif getattr(patch_embed, "strict_img_size", False):
+        reason = ""
+    else:
+        return
+    raise ConfigError(f"{type(model).__name__} takes {native[0]}x{native[1]} px images and cannot be resized to "
+                      f"{size} px{reason}; pass --image_size {native[0]}")
+
+
 def _torchvision_preprocessing(name: str, model: nn.Module) -> Preprocessing:
     # The weights enum knows each architecture's eval transform without downloading anything.
     try:
