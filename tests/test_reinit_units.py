@@ -79,6 +79,21 @@ def test_vit_dormant_attention_head_reset_without_changing_the_output() -> None:
     torch.testing.assert_close(_outputs(model, x), expected, rtol=0, atol=1e-6)
 
 
+def test_head_first_attention_is_not_paired_as_q_k_v_blocks() -> None:
+    """timm's MaxViT `*_rw` attention (head_first) lays qkv rows out per head: [q0 k0 v0 q1 k1 v1]. Pairing it as
+    [q; k; v] made a reset 'head 0' change the rows of both heads (and FIRE split q, k, v at the wrong rows)."""
+    from timm.models.maxxvit import AttentionCl
+
+    from replast.reinit.pairing import fused_qkv
+
+    assert fused_qkv(AttentionCl(32, dim_head=8, head_first=False))
+    assert not fused_qkv(AttentionCl(32, dim_head=8, head_first=True))
+    model = nn.Sequential(nn.Linear(4, 32), AttentionCl(32, dim_head=8, head_first=True))
+    x = torch.randn(2, 5, 4)
+    maps = pair_layers(model, trace(model, x), ["1.qkv"], ["head"], zero_outgoing=True)
+    assert not maps["1.qkv"].paired
+
+
 def test_vit_unit_reset_output_does_not_depend_on_new_values() -> None:
     base = _vit()
     x = _images()[0][0]

@@ -144,8 +144,13 @@ def is_attention(module: nn.Module | None) -> bool:
 
 
 def fused_qkv(module: nn.Module | None) -> bool:
-    """An attention whose `qkv` stacks q, k and v ([3·d, in]) over a `proj` that reads d channels."""
-    return is_attention(module) and module.qkv.out_features == 3 * module.proj.in_features
+    """An attention whose `qkv` stacks q, k and v ([3·d, in]) over a `proj` that reads d channels.
+
+    timm's `head_first` attention (MaxViT/CoAtNet `*_rw`) interleaves them per head ([q_h; k_h; v_h] for each h),
+    so neither its heads nor its q, k and v are the row blocks this layout gives: it is not one.
+    """
+    return is_attention(module) and module.qkv.out_features == 3 * module.proj.in_features \
+        and not getattr(module, "head_first", False)
 
 
 def _attention_pairings(model: nn.Module, trace: Trace, exclude: Sequence[str],
