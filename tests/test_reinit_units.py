@@ -94,6 +94,18 @@ def test_head_first_attention_is_not_paired_as_q_k_v_blocks() -> None:
     assert not maps["1.qkv"].paired
 
 
+def test_talking_heads_attention_is_not_paired_by_head() -> None:
+    """CaiT's TalkingHeadAttn mixes the heads' attention maps (proj_l, proj_w): a head's q and k steer every
+    head's output, so resetting a 'head' with zeroed proj columns changed the function it promised to keep."""
+    from timm.models.cait import TalkingHeadAttn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), TalkingHeadAttn(16, num_heads=2))
+    x = torch.randn(2, 5, 4)
+    maps = pair_layers(model, trace(model, x), ["1.qkv"], ["head"], zero_outgoing=True)
+    assert not maps["1.qkv"].paired and "talking-heads" in maps["1.qkv"].reason
+
+
 def test_vit_unit_reset_output_does_not_depend_on_new_values() -> None:
     base = _vit()
     x = _images()[0][0]

@@ -168,6 +168,8 @@ def _attention_pairings(model: nn.Module, trace: Trace, exclude: Sequence[str],
             reason = "qkv is not a fused [q; k; v] projection"
         elif not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
             reason = "attention output is normalized before proj"
+        elif any(isinstance(getattr(attn, a, None), nn.Module) for a in ("proj_l", "proj_w")):
+            reason = "talking-heads attention mixes the heads' attention maps"
         elif any(len(trace.calls.get(prefix + p, [])) != 1 for p in ("qkv", "proj")):
             reason = "qkv/proj are not called exactly once"
         elif zero_outgoing and is_protected(prefix + "proj", exclude):
