@@ -253,6 +253,10 @@ def test_a_model_that_cannot_take_the_image_size_says_which_it_takes():
     with pytest.raises(ConfigError, match=r"takes 224x224 px images.*pass --image_size 224"):
         fit_input_size(Fixed(), 32)
     fit_input_size(Fixed(), 224)
+    tv_vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                                  hidden_dim=8, mlp_dim=8)
+    with pytest.raises(ConfigError, match=r"VisionTransformer takes 32x32 px images.*pass --image_size 32"):
+        fit_input_size(tv_vit, 64)
 
 
 def test_targeted_unit_reset_touches_only_eligible_layers_and_stays_finite(real_cache):

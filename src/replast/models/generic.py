@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from types import SimpleNamespace
 
 import timm
 import torchvision
@@ -87,6 +88,8 @@ def fit_input_size(model: nn.Module, size: int) -> None:
     by timm's `set_input_size`); ConfigError when the model cannot. Models that take any size are left alone."""
     patch_embed = getattr(model, "patch_embed", None)
     native = getattr(patch_embed, "img_size", None)
+    if isinstance(model, torchvision.models.VisionTransformer):  # asserts its image_size in forward
+        native, patch_embed = (model.image_size, model.image_size), SimpleNamespace(strict_img_size=True)
     if getattr(model, "dynamic_img_size", False) or native is None or tuple(native) == (size, size):
         return
     if hasattr(model, "set_input_size"):
