@@ -43,7 +43,8 @@ def head_names(model: nn.Module) -> list[str]:
         if isinstance(classifier, str):
             return [dot + classifier]
         if isinstance(classifier, (tuple, list)):
-            found = [dot + c for c in classifier if isinstance(c, str) and _has_module(module, c)]
+            inside = {name for name, _ in module.named_modules()}
+            found = [dot + c for c in classifier if isinstance(c, str) and c in inside]
             if found:
                 return found
         if any(c.__module__ == "torchvision.models.mobilenetv2" and c.__name__ == "MobileNetV2"
@@ -51,14 +52,6 @@ def head_names(model: nn.Module) -> list[str]:
             return [dot + "classifier.1"]
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     return linears[-1:]
-
-
-def _has_module(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
