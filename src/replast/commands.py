@@ -134,8 +134,9 @@ def reinit_model(model: str = "mobilenetv2_100", data: str = "br35h", out: str =
         image_size: Input side in pixels (None = the model's native size).
         max_samples: Cap on the dataset size (None = all).
         seed: Seeds the split, the batches and the re-initialization.
-        overwrite: Replace an existing output file.
-        reinit: What to re-initialize and how.
+        overwrite: Replace existing output files (the .safetensors file and its .json report).
+        reinit: What to re-initialize and how (lr_scale, lr_warmup_steps and schedule act during training:
+            refused here).
     """
     from replast.export import export_reinitialized
 
@@ -178,13 +179,14 @@ def sweep(config: str, out: str | None = None, launcher: Literal["local", "slurm
         config: Study YAML file (or the name of a shipped study: demo, smoke, paper).
         out: Output directory (default: the study's `out`).
         launcher: local (subprocesses on this machine) or slurm (submitit job array).
-        jobs: Runs at once with the local launcher (one GPU each when several exist).
+        jobs: Runs at once: local subprocesses (one GPU each when several exist), or the cap on the slurm
+            array's running tasks (1: no cap).
         force: Use an OUT directory that holds another study, or merged results (results.csv without runs/).
         collect: Only rebuild results.csv and curves.csv from the run directories.
         partition: SLURM partition.
         time_min: SLURM time limit per run, in minutes (at least 1).
         gpus_per_node: SLURM GPUs per run (0 on a CPU cluster).
-        cpus_per_task: SLURM CPUs per run.
+        cpus_per_task: SLURM CPUs per run (at least 1).
         cluster: submitit executor of the slurm launcher: slurm, or local/debug to try a study here.
         only: Run one part of the study: "KEY=VALUE[,VALUE…] …", e.g. "data=br35h train_fraction=0.05".
     """

@@ -1,7 +1,8 @@
 """`replast reinit`: re-initialize a model on the user's data and save it for any training script.
 
-Writes OUT (.safetensors: the state dict, with model name, classes and options in its metadata) and
-OUT.json (the ReinitReport), both atomically and together (neither replaced unless both were written); an existing OUT is kept unless --overwrite.
+Writes OUT (.safetensors: the state dict, with model name, classes and options in its metadata) and the
+ReinitReport beside it (OUT with the suffix .json), both atomically and together: neither is replaced unless
+both were written, and neither if one exists, unless --overwrite.
 """
 
 from __future__ import annotations
