@@ -1,5 +1,7 @@
 """Load a model and a dataset that fit each other: the data follows the model's preprocessing and the
-model's head follows the data's classes. Used by finetune, diagnose, reinit and the benchmarks."""
+model's head follows the data's classes (a loaded head with as many outputs is kept; a `replast reinit` file
+naming other classes is refused), and a transformer is fitted to --image_size (or refused in one line).
+Used by finetune, diagnose, reinit and the benchmarks."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Find and swap a classifier's head, and tell CNNs from ViTs.
 
 Works on any timm or torchvision classifier: the head is named by timm's `pretrained_cfg`, a small table
-for torchvision, or else the last `nn.Linear`; re-initialization and linear probing use the same name.
+for torchvision, or else the last `nn.Linear`; re-initialization and linear probing use the same name
+(`classifier_names`: every head, a distilled ViT's `head_dist` too).
 """
 
 from __future__ import annotations

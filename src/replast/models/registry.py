@@ -4,6 +4,8 @@
     model, prep = load_model("resnet18", num_classes=2, weights="none")     # any timm/torchvision name
 
 Zoo names (`@register_model`, see `zoo.py`) ship offline weights; other names are built by `generic.py`.
+`build_model(name, weights)` → Built: the model with the head it was built or loaded with (`load_model` keeps
+that head when it has `num_classes` outputs, and swaps it otherwise).
 """
 
 from __future__ import annotations

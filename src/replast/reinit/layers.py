@@ -1,4 +1,4 @@
-"""Which layers may be re-initialized: Conv/Linear weights, minus the head and `exclude` patterns.
+"""Which layers may be re-initialized: Conv/Linear weights, minus the heads and `exclude` patterns.
 
 Also defines "blocks" for the top-layers / bottom-layers selections. Pure functions of a model;
 layer identity is the `named_modules()` name everywhere.

@@ -3,7 +3,8 @@
 A unit (output channel / neuron) is cleanly paired when its values flow, channel by channel, through
 BatchNorms, element-wise activations and depthwise convs (tied: propagated) into exactly one
 Conv/Linear. Residual adds, fan-out, concatenation or reshapes break the pairing; such layers fall
-back to weight level. Fused-qkv attention (modules with `qkv`, `proj`, `num_heads`) pairs heads.
+back to weight level. Fused-qkv attention (modules with `qkv`, `proj`, `num_heads`) pairs heads, except
+where the heads mix: talking-heads attention (CaiT's `proj_l`/`proj_w`) and timm's `head_first` layout.
 """
 
 from __future__ import annotations
