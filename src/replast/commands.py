@@ -102,12 +102,13 @@ def diagnose(model: str = "mobilenetv2_100", data: str = "br35h", out: str = "ru
         model: Model name (see `replast models`).
         data: Dataset name or imagefolder:PATH.
         out: Output directory for diagnosis.json/csv and plots.
-        weights: pretrained, none, or a weight file.
+        weights: pretrained, none, or a weight file (its head is kept when it has one output per class of the data).
         batches: Training batches to measure on.
         batch_size: Images per batch.
         image_size: Input side in pixels (None = the model's native size).
         max_samples: Cap on the dataset size (None = all).
-        compare: Also diagnose natural photos (an ImageNet-like reference) side by side.
+        compare: Also diagnose natural photos (64 augmented crops of scikit-image's samples, labelled by the
+            model's own predictions) side by side.
         seed: Seed of the split and batch order.
     """
     from replast.diagnose_cmd import run_diagnose

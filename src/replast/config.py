@@ -115,7 +115,8 @@ class FinetuneConfig:
     model: str = "mobilenetv2_100"
     """Model name: a zoo name (see `replast models`) or any timm/torchvision architecture."""
     weights: str = "pretrained"
-    """pretrained (shipped offline weights), none (random init), or a path to .pth/.safetensors."""
+    """pretrained (shipped offline weights), none (random init), or a path to .pth/.safetensors (a head with
+    one output per class of the data is kept)."""
     data: str = "br35h"
     """Dataset name (see `replast datasets`) or imagefolder:PATH."""
     epochs: int = 10
@@ -136,7 +137,7 @@ class FinetuneConfig:
     seed: int = 0
     """Seeds everything: splits, order, augmentation, re-initialization masks, head init."""
     deterministic: bool = False
-    """Turn on torch's deterministic algorithms (slower on GPU)."""
+    """Turn on torch's deterministic algorithms (slower on GPU, where ops without one only warn)."""
     out: str = "runs/finetune"
     """Run directory."""
     overwrite: bool = False
