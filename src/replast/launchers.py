@@ -247,7 +247,8 @@ def slurm_option_errors(options: Mapping[str, Any]) -> list[str]:
 
 def slurm_executor(folder: str | os.PathLike, options: Mapping[str, Any], *, parallel: int = 0) -> Any:
     """The submitit executor of a job array; `options`: cluster (slurm|local|debug), partition, time_min,
-    gpus_per_node, cpus_per_task, name. Writes nothing; one ReplastError line when it cannot submit here."""
+    gpus_per_node, cpus_per_task, name. Writes nothing, except that submitit's `local` executor creates
+    `folder`; one ReplastError line when it cannot submit here."""
     try:
         import submitit
     except ImportError as e:
