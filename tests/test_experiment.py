@@ -584,6 +584,10 @@ def test_a_sweep_into_a_merged_results_folder_is_refused_rather_than_dropping_it
     code, _, err = cli("sweep", "--config", study_file, "--out", into, "--only", "seed=1")
     assert code == 2 and "results.csv without runs/" in err and len(err.strip().splitlines()) == 1
     assert {f: (into / f).read_text() for f in before} == before and not (into / "runs").exists()
+    # refused before the launcher is built too: submitit's local executor creates its folder when built
+    code, _, err = cli("sweep", "--config", study_file, "--out", into, "--launcher", "slurm", "--cluster", "local")
+    assert code == 2 and "results.csv without runs/" in err
+    assert sorted(p.name for p in into.iterdir()) == sorted(before)
 
 
 def test_each_job_gets_its_own_gpu_when_several_exist(fake_trainer, study_file, tmp_path, monkeypatch):

@@ -59,6 +59,18 @@ class SweepSummary:
 
 def claim_out(out: Path, study: Study, force: bool) -> None:
     """Tie OUT to one study name: another study's OUT is refused unless forced; edits are allowed."""
+    check_claim(out, study, force)
+    write_json(out / "study.json", {"name": study.name, "hash": study.hash, "file": study.path,
+                                    "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def check_claim(out: Path, study: Study, force: bool) -> None:
+    """claim_out's refusals, writing nothing: OUT of another study (unless forced), or OUT holding merged results
+    (results.csv without runs/), which a sweep would rebuild from its own runs alone."""
+    if (out / "results.csv").is_file() and not (out / "runs").is_dir() and not force:
+        raise OutputError(f"{out} holds results.csv without runs/ (as `replast merge` writes them): a sweep "
+                          "rebuilds results.csv from runs/ and would drop its rows; sweep into another --out and "
+                          "merge that, or pass --force")
     path = out / "study.json"
     if path.exists() and not force:
         try:
@@ -71,8 +83,6 @@ def claim_out(out: Path, study: Study, force: bool) -> None:
         if previous.get("hash") != study.hash:
             log.warning("study %s changed since %s was last swept; finished runs are kept, new ones added",
                         study.name, out)
-    write_json(path, {"name": study.name, "hash": study.hash, "file": study.path,
-                      "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def _triage(record: RunRecord, run_dir: Path) -> str:
@@ -170,13 +180,10 @@ def sweep(study_path: str | os.PathLike, *, out: str | os.PathLike | None = None
         raise ConfigError(f"launcher={launcher!r}: valid: local, slurm")
     if jobs < 1:  # checked before OUT is touched: nothing is queued for a sweep that cannot start
         raise ConfigError(f"jobs={jobs}: must be at least 1")
+    check_claim(out_dir, study, force)  # before the executor: submitit's local one creates OUT/slurm
     if launcher == "slurm":  # likewise: no srun here
         executor = launchers.slurm_executor(out_dir / "slurm", {"name": study.name, **(slurm or {})},
                                             parallel=jobs if jobs > 1 else 0)
-    if (out_dir / "results.csv").is_file() and not (out_dir / "runs").is_dir() and not force:
-        raise OutputError(f"{out_dir} holds results.csv without runs/ (as `replast merge` writes them): a sweep "
-                          "rebuilds results.csv from runs/ and would drop its rows; sweep into another --out and "
-                          "merge that, or pass --force")
     runfiles.make_directory(out_dir)
     claim_out(out_dir, study, force)
     store = Store(out_dir).load()
