@@ -177,6 +177,56 @@ def test_entries_reset_during_training_follow_a_fresh_adam(kind: str) -> None:
         assert torch.equal(p[~mask], dict(plain_model.named_parameters())[name][~mask]), name
 
 
+def test_adam_ages_follow_adamw_of_torch_before_2_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.4-2.6 (supported) has an AdamW that is not an Adam and whose groups have no
+    `decoupled_weight_decay`: its reset entries must still follow a fresh AdamW."""
+    real = torch.optim.AdamW
+
+    class OldAdamW(torch.optim.Optimizer):  # that AdamW: the same update, another class, no such key
+        def __init__(self, params, **kw) -> None:
+            self.inner = real(params, **kw)
+            for g in self.inner.param_groups:
+                del g["decoupled_weight_decay"]
+            self.__dict__.update({k: v for k, v in self.inner.__dict__.items() if k != "inner"})
+
+        def step(self, closure=None):
+            for g in self.param_groups:
+                g["decoupled_weight_decay"] = True
+            try:
+                return self.inner.step(closure)
+            finally:
+                for g in self.param_groups:
+                    del g["decoupled_weight_decay"]
+
+    monkeypatch.setattr(torch.optim, "AdamW", OldAdamW)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = OldAdamW(model.parameters(), lr=0.01, weight_decay=0.05)
+    assert not isinstance(opt, torch.optim.Adam)
+    for step in range(5):
+        _grads(model, step)
+        opt.step()
+    masks = {"weight": torch.rand(3, 4) < 0.5, "bias": torch.tensor([True, False, True])}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p[masks[name]] = torch.randn(int(masks[name].sum()))
+    clear_optimizer_state(opt, masks, model=model)
+    fresh_model = copy.deepcopy(model)
+    fresh = real(fresh_model.parameters(), lr=0.01, weight_decay=0.05)
+    ages = AdamAges(opt)
+    ages.mark(masks, model=model)
+    for step in range(5, 9):
+        for m in (model, fresh_model):
+            _grads(m, step)
+        ages.begin()
+        opt.step()
+        ages.finish()
+        fresh.step()
+    for name, p in model.named_parameters():
+        mask = masks[name]
+        torch.testing.assert_close(p[mask], dict(fresh_model.named_parameters())[name][mask], rtol=1e-6, atol=1e-7)
+
+
 def test_adam_ages_leave_other_optimizers_and_skipped_steps_alone() -> None:
     model, sgd, masks = _setup("sgd")
     ages = AdamAges(sgd)

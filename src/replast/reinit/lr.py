@@ -137,7 +137,9 @@ class AdamAges:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self.adam = isinstance(optimizer, torch.optim.Adam)
+        # torch < 2.7: AdamW is not an Adam, and its groups have no `decoupled_weight_decay`
+        self.adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+        self.decoupled = isinstance(optimizer, torch.optim.AdamW)
         self.born: dict[Tensor, Tensor] = {}  # parameter -> the step count at each entry's latest reset (0: never)
         self._old: dict[Tensor, tuple[Tensor, int]] | None = None
 
@@ -179,7 +181,7 @@ class AdamAges:
             first = state["exp_avg"].double() / (1 - beta1 ** tau)
             denom = (second.double() / (1 - beta2 ** tau)).sqrt_().add_(eps)
             start = before.double()
-            if group.get("decoupled_weight_decay", False) and group["weight_decay"]:
+            if group.get("decoupled_weight_decay", self.decoupled) and group["weight_decay"]:
                 start = start * (1 - lr * float(group["weight_decay"]))
             fresh = (start - lr * first / denom).to(p.dtype)
             p.copy_(torch.where(self.born[p] > 0, fresh, p.detach()))
