@@ -259,6 +259,21 @@ def test_a_model_that_cannot_take_the_image_size_says_which_it_takes():
         fit_input_size(tv_vit, 64)
 
 
+def test_a_torchvision_maxvit_at_another_image_size_says_which_it_takes():
+    """torchvision's MaxViT lays its attention windows out for the size it was built for: --image_size 64 on
+    maxvit_t (224 px) was left alone and crashed at the first forward with a reshape RuntimeError."""
+    from replast.models.generic import fit_input_size
+
+    maxvit = torchvision.models.MaxVit(input_size=(32, 32), stem_channels=4, partition_size=2, block_channels=[4, 4],
+                                       block_layers=[1, 1], head_dim=2, stochastic_depth_prob=0.0)
+    with pytest.raises(ConfigError, match=r"MaxVit takes 32x32 px images.*pass --image_size 32"):
+        fit_input_size(maxvit, 64)
+    for size in (32, 31):  # 31 px gives the same windows as 32 px: it runs
+        fit_input_size(maxvit, size)
+        with torch.no_grad():
+            assert maxvit.eval()(torch.randn(1, 3, size, size)).shape == (1, 1000)
+
+
 def test_targeted_unit_reset_touches_only_eligible_layers_and_stays_finite(real_cache):
     model = _real_vit()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -90,6 +90,11 @@ def fit_input_size(model: nn.Module, size: int) -> None:
     native = getattr(patch_embed, "img_size", None)
     if isinstance(model, torchvision.models.VisionTransformer):  # asserts its image_size in forward
         native, patch_embed = (model.image_size, model.image_size), SimpleNamespace(strict_img_size=True)
+    if isinstance(model, torchvision.models.MaxVit):  # attention windows laid out for the size it was built for
+        grid = tuple(model.blocks[0].grid_size)  # after the stem's and the first block's stride 2
+        if (_half(_half(size)),) * 2 == grid:
+            return
+        native, patch_embed = (4 * grid[0], 4 * grid[1]), SimpleNamespace(strict_img_size=True)
     if getattr(model, "dynamic_img_size", False) or native is None or tuple(native) == (size, size):
         return
     if hasattr(model, "set_input_size"):
@@ -104,6 +109,11 @@ def fit_input_size(model: nn.Module, size: int) -> None:
         return
     raise ConfigError(f"{type(model).__name__} takes {native[0]}x{native[1]} px images and cannot be resized to "
                       f"{size} px{reason}; pass --image_size {native[0]}")
+
+
+def _half(n: int) -> int:
+    """The output size of a 3x3 convolution of stride 2 and padding 1."""
+    return (n - 1) // 2 + 1
 
 
 def _torchvision_preprocessing(name: str, model: nn.Module) -> Preprocessing:
