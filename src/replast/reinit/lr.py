@@ -132,7 +132,8 @@ class AdamAges:
     3.2× at its first step, 6.5× at the tenth, 3.2× at the hundredth).
     After each step, `finish()` rewrites the update of such entries with their own τ, exactly as a fresh
     Adam would make it (the per-entry step count of continual backprop's reference optimizer, applied to
-    the update). Optimizers other than Adam/AdamW have no bias correction: nothing is done for them.
+    the update). Other optimizers are left alone: SGD has no bias correction, and NAdam, RAdam or Adamax
+    would each need their own formula.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
