@@ -149,6 +149,24 @@ def test_a_loaded_head_that_fits_the_data_is_kept(tmp_path):
     assert splits.num_classes == 3 and torch.equal(net.head.fc.weight, tuned.head.fc.weight)
 
 
+def test_the_shipped_imagenet_head_is_not_kept_for_a_1000_class_dataset(monkeypatch):
+    """1000 outputs say nothing of a user's 1000 classes: the pretrained head is replaced as before."""
+    from types import SimpleNamespace
+
+    import replast.loading as loading
+
+    monkeypatch.setattr(loading, "load_dataset", lambda *a, **k: SimpleNamespace(
+        num_classes=1000, classes=[f"c{i}" for i in range(1000)]))
+    torch.manual_seed(7)
+    old, _ = load_model("mobilenetv2_100", loading.PROVISIONAL_CLASSES)
+    replace_head(old, 1000)
+    torch.manual_seed(7)
+    new, _ = loading.load_model_and_data("mobilenetv2_100", "anything")
+    imagenet = _file_state("mobilenetv2_100")["classifier.1.weight"]
+    assert torch.equal(new.classifier[1].weight, old.classifier[1].weight)
+    assert not torch.equal(new.classifier[1].weight, imagenet)
+
+
 @pytest.mark.parametrize(("name", "weights", "data"), [("mobilenetv2_100", "pretrained", "synthetic"),
                                                        ("convnext_atto", "none", "synthetic")])
 def test_seeded_heads_are_drawn_as_in_every_earlier_run(name, weights, data):

@@ -22,14 +22,15 @@ PROVISIONAL_CLASSES = 2
 def load_model_and_data(model: str, data: str, *, weights: str = "pretrained", device: torch.device | str = "cpu",
                         drop_path: float = 0.0, **data_options) -> tuple[nn.Module, DatasetSplits]:
     """`data_options` go to `load_dataset` (image_size, seed, fractions, max_samples, max_bad_fraction)."""
-    # The normalization comes from the model and the head size from the data. A loaded head that fits the
-    # data is kept (a model fine-tuned on it); any other is replaced. Heads are drawn as they always were,
-    # a provisional one first, so that a seed gives the head it gave every earlier run.
+    # The normalization comes from the model and the head size from the data. A head loaded from a weight
+    # file that fits the data is kept (a model fine-tuned on it); any other is replaced, the shipped ImageNet
+    # heads too (1000 outputs say nothing of a 1000-class dataset's classes). Heads are drawn as they always
+    # were, a provisional one first, so that a seed gives the head it gave every earlier run.
     built = build_model(model, weights, drop_path=drop_path)
     splits = load_dataset(data, built.preprocessing, device=device, **data_options)
     fit_input_size(built.model, data_options.get("image_size") or built.preprocessing.input_size)
     net, loaded = built.model, head_classes(built.model) if built.head_loaded else None
-    if loaded == splits.num_classes:
+    if loaded == splits.num_classes and weights not in ("pretrained", "none"):
         _check_saved_classes(weights, data, splits.classes)
     else:
         if loaded != PROVISIONAL_CLASSES:
