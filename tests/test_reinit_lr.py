@@ -141,13 +141,11 @@ ADAMS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(ADAMS))
-def test_entries_reset_during_training_follow_a_fresh_adam(kind: str) -> None:
-    """After 5 steps some entries are rewritten and their moments cleared: from then on they must move exactly
-    as under a new optimizer started at the reset, and every other entry exactly as before."""
+def _reset_after_five_steps(make) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, torch.Tensor]]:
+    """A Linear trained 5 steps by `make(params)`, then some entries rewritten and their moments cleared."""
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
-    opt = ADAMS[kind](model.parameters())
+    opt = make(model.parameters())
     for step in range(5):
         _grads(model, step)
         opt.step()
@@ -156,25 +154,41 @@ def test_entries_reset_during_training_follow_a_fresh_adam(kind: str) -> None:
         for name, p in model.named_parameters():
             p[masks[name]] = torch.randn(int(masks[name].sum()))
     clear_optimizer_state(opt, masks, model=model)
-    fresh_model = copy.deepcopy(model)
-    fresh = ADAMS[kind](fresh_model.parameters())
-    plain_model = copy.deepcopy(model)
-    plain = ADAMS[kind](plain_model.parameters())
-    plain.load_state_dict(copy.deepcopy(opt.state_dict()))
+    return model, opt, masks
+
+
+def _four_more_steps(model, opt, masks, others: list[tuple[nn.Module, torch.optim.Optimizer]]) -> None:
+    """Steps 5..8 with AdamAges around `opt`; every other (model, optimizer) takes the same gradients."""
     ages = AdamAges(opt)
     ages.mark(masks, model=model)
     for step in range(5, 9):
-        for m in (model, fresh_model, plain_model):
+        for m in (model, *(m for m, _ in others)):
             _grads(m, step)
         ages.begin()
         opt.step()
         ages.finish()
-        fresh.step()
-        plain.step()
+        for _, o in others:
+            o.step()
+
+
+def _assert_reset_entries_follow(model, fresh_model, masks) -> None:
     for name, p in model.named_parameters():
         mask = masks[name]
         torch.testing.assert_close(p[mask], dict(fresh_model.named_parameters())[name][mask], rtol=1e-6, atol=1e-7)
-        assert torch.equal(p[~mask], dict(plain_model.named_parameters())[name][~mask]), name
+
+
+@pytest.mark.parametrize("kind", sorted(ADAMS))
+def test_entries_reset_during_training_follow_a_fresh_adam(kind: str) -> None:
+    """After 5 steps some entries are rewritten and their moments cleared: from then on they must move exactly
+    as under a new optimizer started at the reset, and every other entry exactly as before."""
+    model, opt, masks = _reset_after_five_steps(ADAMS[kind])
+    fresh_model, plain_model = copy.deepcopy(model), copy.deepcopy(model)
+    fresh, plain = ADAMS[kind](fresh_model.parameters()), ADAMS[kind](plain_model.parameters())
+    plain.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _four_more_steps(model, opt, masks, [(fresh_model, fresh), (plain_model, plain)])
+    _assert_reset_entries_follow(model, fresh_model, masks)
+    for name, p in model.named_parameters():
+        assert torch.equal(p[~masks[name]], dict(plain_model.named_parameters())[name][~masks[name]]), name
 
 
 def test_adam_ages_follow_adamw_of_torch_before_2_7(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,32 +213,12 @@ def test_adam_ages_follow_adamw_of_torch_before_2_7(monkeypatch: pytest.MonkeyPa
                     del g["decoupled_weight_decay"]
 
     monkeypatch.setattr(torch.optim, "AdamW", OldAdamW)
-    torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    opt = OldAdamW(model.parameters(), lr=0.01, weight_decay=0.05)
+    model, opt, masks = _reset_after_five_steps(lambda p: OldAdamW(p, lr=0.01, weight_decay=0.05))
     assert not isinstance(opt, torch.optim.Adam)
-    for step in range(5):
-        _grads(model, step)
-        opt.step()
-    masks = {"weight": torch.rand(3, 4) < 0.5, "bias": torch.tensor([True, False, True])}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p[masks[name]] = torch.randn(int(masks[name].sum()))
-    clear_optimizer_state(opt, masks, model=model)
     fresh_model = copy.deepcopy(model)
     fresh = real(fresh_model.parameters(), lr=0.01, weight_decay=0.05)
-    ages = AdamAges(opt)
-    ages.mark(masks, model=model)
-    for step in range(5, 9):
-        for m in (model, fresh_model):
-            _grads(m, step)
-        ages.begin()
-        opt.step()
-        ages.finish()
-        fresh.step()
-    for name, p in model.named_parameters():
-        mask = masks[name]
-        torch.testing.assert_close(p[mask], dict(fresh_model.named_parameters())[name][mask], rtol=1e-6, atol=1e-7)
+    _four_more_steps(model, opt, masks, [(fresh_model, fresh)])
+    _assert_reset_entries_follow(model, fresh_model, masks)
 
 
 def test_adam_ages_leave_other_optimizers_and_skipped_steps_alone() -> None:
