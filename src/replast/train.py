@@ -288,20 +288,23 @@ class Trainer:
                 if not math.isfinite(loss_all) and (stopping or (due and cfg.train.on_nonfinite != "skip")):
                     return self._nonfinite(state.step)
             if stopping:
-                sums = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
-                                              reduce_op="sum")
+                sums = self._summed(loss_sum, correct, seen)
                 state.partial = {"loss_sum": float(sums[0]), "correct": float(sums[1]), "seen": float(sums[2]),
                                  "time_s": time.perf_counter() - started}
                 self.save("last")
                 return FitResult(state, "interrupted")
-        totals = self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
-                                        reduce_op="sum")
+        totals = self._summed(loss_sum, correct, seen)
         if not torch.isfinite(totals[0]):  # summed over ranks: every rank sees the same answer
             return self._nonfinite(state.step)
         seen_all = float(totals[2]) or float("nan")  # every step skipped: no training loss to report
         self._epoch_train_metrics = {"train_loss": float(totals[0]) / seen_all, "train_acc": float(totals[1]) / seen_all,
                                      "epoch_time_s": time.perf_counter() - started}
         return None
+
+    def _summed(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> torch.Tensor:
+        """[loss sum, correct, seen] of the epoch so far, summed over ranks."""
+        return self.fabric.all_reduce(torch.stack([loss_sum, correct, loss_sum.new_tensor(float(seen))]),
+                                      reduce_op="sum")
 
     def _nonfinite_anywhere(self, loss: torch.Tensor) -> bool:
         """True on every rank when any rank's loss is NaN/Inf: all skip the step, or none (a rank skipping
