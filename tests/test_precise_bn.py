@@ -1,6 +1,6 @@
 """PreciseBN (`--train.precise_bn K`): before every evaluation the trained BatchNorms' statistics are
-re-estimated on K un-augmented training batches in a seeded random order; frozen ones (a linear probe's
-backbone) are left alone."""
+re-estimated on K un-augmented training batches in a seeded random order; a linear probe's (its model stays
+in eval mode) are left alone."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from replast.checkpoint import load_checkpoint
 from replast.loading import first_batches, load_model_and_data
 from replast.precise_bn import trained_channels
 from replast.reinit.bn_stats import batch_norms, recompute
+from replast.train import set_train_mode
 
 
 def _trained(run_dir) -> nn.Module:
@@ -56,9 +57,25 @@ def test_a_linear_probe_keeps_its_frozen_statistics(cli, tiny_run_args, tmp_path
     model, _ = _trained(tmp_path / "run")
     for name, bn in batch_norms(model).items():
         assert torch.equal(bn.running_mean, batch_norms(initial)[name].running_mean), name
-    frozen = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
-    frozen.requires_grad_(False)
-    assert trained_channels(frozen) == {}
+    assert trained_channels(model, linear_probe=True) == {}
+
+
+def test_batchnorms_without_affine_parameters_are_re_estimated_too():
+    """Training moves their statistics like any other's; only a linear probe (all in eval mode) keeps them."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, affine=False), nn.BatchNorm2d(4))
+    assert sorted(trained_channels(model)) == ["1", "2"]
+    assert trained_channels(model, linear_probe=True) == {}
+
+
+def test_a_linear_probe_computes_its_features_as_in_evaluation():
+    """Dropout off and BatchNorm statistics fixed everywhere, whatever the model's nesting; a containing
+    Sequential whose own parameters train does not put its children back in training mode."""
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), nn.Dropout(0.5), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    set_train_mode(model, linear_probe=True)
+    assert not any(m.training for m in model.modules())
+    set_train_mode(model, linear_probe=False)
+    assert all(m.training for m in model.modules())
 
 
 def test_posthoc_re_evaluation_reproduces_the_reported_test_accuracy(cli, tiny_run_args, tmp_path, benchmark):

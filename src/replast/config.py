@@ -32,7 +32,8 @@ class TrainConfig:
     """Linear warm-up before the cosine decay."""
     label_smoothing: float = 0.1
     mode: Literal["finetune", "linear-probe"] = "finetune"
-    """linear-probe freezes everything but the classifier head."""
+    """linear-probe trains only the classifier head, on features computed as in evaluation (eval mode: BatchNorm
+    statistics fixed, dropout off)."""
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay for ViTs (1.0 = off; 0.75 is common)."""
     drop_path: float = 0.0

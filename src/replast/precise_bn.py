@@ -6,8 +6,8 @@ they sample every class (docs/results.md, "Class-sorted batches").
 
 The running averages (momentum 0.1) trail the weights by ~10 steps; in a short fine-tune (20 steps on a small
 dataset) that lag decides evaluation, and it is largest for the runs whose weights move most (re-initialized
-ones), which would bias a comparison of strategies. Frozen BatchNorms (a linear probe's backbone) are left
-alone: the head was trained on their statistics.
+ones), which would bias a comparison of strategies. A linear probe's statistics are left alone: its model stays
+in eval mode, so they never move and the head was trained on them.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ import torch
 from replast.reinit.bn_stats import batch_norms, recompute
 
 
-def trained_channels(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """{name: all-true channel mask} of the BatchNorms whose affine parameters are trained."""
-    return {n: torch.ones_like(bn.running_mean, dtype=torch.bool) for n, bn in batch_norms(model).items()
-            if any(p.requires_grad for p in bn.parameters(recurse=False))}
+def trained_channels(model: torch.nn.Module, linear_probe: bool = False) -> dict[str, torch.Tensor]:
+    """{name: all-true channel mask} of the BatchNorms whose statistics training moves: all of them (with or
+    without affine parameters), none in a linear probe (its model stays in eval mode)."""
+    if linear_probe:
+        return {}
+    return {n: torch.ones_like(bn.running_mean, dtype=torch.bool) for n, bn in batch_norms(model).items()}
 
 
 def attach(trainer: Any, batches: list, model: torch.nn.Module) -> None:
     """Before each evaluation, re-estimate `model`'s trained BatchNorm statistics on `batches` (this rank's),
     then average them over ranks so that every rank evaluates the same network."""
-    channels = trained_channels(model)
+    channels = trained_channels(model, trainer.cfg.train.mode == "linear-probe")
     if not channels or not batches:
         return
     bns = batch_norms(model)

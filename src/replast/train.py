@@ -104,13 +104,9 @@ def evaluate(fabric: Fabric, model: nn.Module, loader, num_classes: int) -> dict
 
 
 def set_train_mode(model: nn.Module, linear_probe: bool) -> None:
-    """Linear probing keeps the frozen backbone in eval mode, so its BatchNorm statistics stay put."""
-    model.train()
-    if linear_probe:
-        for module in model.modules():
-            if not any(p.requires_grad for p in module.parameters(recurse=False)) and not isinstance(
-                    module, nn.Sequential):
-                module.eval()
+    """A linear probe trains its head on features computed as in evaluation: the whole model stays in eval mode
+    (BatchNorm statistics fixed, dropout off); otherwise every module trains."""
+    model.train(not linear_probe)
 
 
 class StopRequested:
