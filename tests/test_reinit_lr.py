@@ -265,3 +265,37 @@ def test_continual_resumes_with_the_step_counts_of_reset_entries() -> None:
     train(resumed, resumed_model, range(3, 6))
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_scaled_update_of_entries_reset_during_training_is_k_times_a_fresh_adams() -> None:
+    """every:K with --reinit.lr_scale k under AdamW: the step after a reset moves the reset entries by exactly k
+    times what a new AdamW would, both corrections working from one copy of the parameters."""
+    from replast.reinit.continual import Continual
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    options = {"strategy": "targeted", "utility": "random", "fraction": 0.3, "schedule": "every:2",
+               "lr_scale": 3.0, "exclude": (), "seed": 0}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05)
+    continual = Continual(model, opt, batches, None, options)
+    for step in range(2):
+        _grads(model, step)
+        continual.step()
+        continual.after_step(step + 1)  # re-applied after the second step
+    masks = dict(continual.masks)
+    assert continual.events and any(m.any() for m in masks.values())
+    fresh_model = copy.deepcopy(model)
+    fresh = torch.optim.AdamW(fresh_model.parameters(), lr=0.01, weight_decay=0.05)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for net in (model, fresh_model):
+        _grads(net, 2)
+    continual.before_update()
+    assert all(continual.scaler._old[p] is continual.ages._old[p][0] for p in continual.ages.born)
+    opt.step()
+    continual.after_update()
+    fresh.step()
+    for name, p in model.named_parameters():
+        mask = masks.get(name, torch.zeros_like(p, dtype=torch.bool))
+        expected = before[name] + 3.0 * (dict(fresh_model.named_parameters())[name] - before[name])
+        torch.testing.assert_close(p[mask], expected[mask], rtol=1e-6, atol=1e-7)

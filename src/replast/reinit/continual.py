@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from replast.reinit.api import restore_plasticity
-from replast.reinit.lr import AdamAges, ReinitSchedule, UpdateScaler, clear_optimizer_state
+from replast.reinit.lr import AdamAges, ReinitSchedule, UpdateScaler, clear_optimizer_state, taken
 from replast.reinit.report import ReinitReport
 
 
@@ -60,10 +60,11 @@ class Continual:
         return getattr(self.optimizer, "optimizer", self.optimizer)  # Fabric's wrapper holds the torch optimizer
 
     def before_update(self) -> None:
-        """Gradients are ready, the update not yet applied."""
-        self.ages.begin()
+        """Gradients are ready, the update not yet applied: one copy of each corrected parameter serves both."""
+        snapshot = taken({*self.ages.born, *(self.scaler.masks if self.scaler is not None else ())})
+        self.ages.begin(snapshot)
         if self.scaler is not None:
-            self.scaler.begin()
+            self.scaler.begin(snapshot)
 
     def after_update(self) -> None:
         """The optimizer has updated: give reset entries their own Adam step count, then scale their update."""

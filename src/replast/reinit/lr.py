@@ -11,7 +11,7 @@ scaled gradient away. Weight decay is part of the update and is scaled with it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,16 @@ def resolve_masks(masks: Any, model: nn.Module | None) -> dict[Tensor, Tensor]:
     return {params[n]: m.to(params[n].device) for n, m in masks.items() if bool(m.any())}
 
 
+Snapshot = dict[Tensor, Tensor]
+"""Parameter -> a copy of it taken before the optimizer's update."""
+
+
+def taken(params: Iterable[Tensor], snapshot: Snapshot | None = None) -> Snapshot:
+    """Copies of `params` before the update: lent from `snapshot` where it has them, made here otherwise."""
+    snapshot = snapshot if snapshot is not None else {}
+    return {p: snapshot[p] if p in snapshot else p.detach().clone() for p in params}
+
+
 class UpdateScaler:
     """Multiply the optimizer's update of reset entries by k; other entries are untouched.
 
@@ -60,9 +70,10 @@ class UpdateScaler:
             return self.scale
         return 1.0 + (self.scale - 1.0) * min(1.0, (self.steps + 1) / self.warmup_steps)
 
-    def begin(self) -> None:
-        """Call right before the optimizer updates the parameters (gradients already computed)."""
-        self._old = {p: p.detach().clone() for p in self.masks} if self.scale != 1.0 else {}
+    def begin(self, snapshot: Snapshot | None = None) -> None:
+        """Call right before the optimizer updates the parameters (gradients already computed); `snapshot`
+        lends copies of the parameters taken there, so that another corrector need not copy them again."""
+        self._old = taken(self.masks, snapshot) if self.scale != 1.0 else {}
 
     @property
     def pending(self) -> bool:
@@ -155,9 +166,10 @@ class AdamAges:
                 born = self.born.setdefault(p, torch.zeros(p.shape, dtype=torch.float64, device=p.device))
                 born.masked_fill_(mask.to(born.device), t0)
 
-    def begin(self) -> None:
-        """Call right before the optimizer updates the parameters."""
-        self._old = {p: (p.detach().clone(), _adam_step(self.optimizer.state.get(p, {}))) for p in self.born}
+    def begin(self, snapshot: Snapshot | None = None) -> None:
+        """Call right before the optimizer updates the parameters (`snapshot`: as `UpdateScaler.begin`)."""
+        before = taken(self.born, snapshot)
+        self._old = {p: (before[p], _adam_step(self.optimizer.state.get(p, {}))) for p in self.born}
 
     @property
     def pending(self) -> bool:
