@@ -29,7 +29,7 @@ class TrainConfig:
     weight_decay: float | None = None
     """None = 5e-5 for SGD, 0.05 for AdamW. Never applied to norms, biases, tokens and position embeddings."""
     warmup_epochs: float = 1.0
-    """Linear warm-up before the cosine decay."""
+    """Linear warm-up before the cosine decay, from a rate of 0 at the first update."""
     label_smoothing: float = 0.1
     mode: Literal["finetune", "linear-probe"] = "finetune"
     """linear-probe trains only the classifier head, on features computed as in evaluation (eval mode: BatchNorm

@@ -91,8 +91,9 @@ def _torchvision_no_decay(model: nn.Module) -> list[str]:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
-    """Linear warm-up over `warmup_steps`, then cosine decay reaching zero at step `total_steps` (the
-    whole run, warm-up included); stepped once per optimizer update. Honours each group's `lr_scale`."""
+    """Linear warm-up over `warmup_steps` from 0 (the first update's rate, timm's ramp with warmup_lr_init=0;
+    the peak is reached at update `warmup_steps` + 1), then cosine decay reaching zero at step `total_steps`
+    (the whole run, warm-up included); stepped once per optimizer update. Honours each group's `lr_scale`."""
     if warmup_steps >= total_steps > 0:
         warnings.warn(f"the warm-up ({warmup_steps} steps) covers the whole run ({total_steps} steps): the learning "
                       "rate rises to its peak only after the last step and never decays"
